@@ -1,0 +1,91 @@
+"""fit(): wires the Trainer, callbacks and loggers around the TabularClassifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from models.data import TensorDataModule, to_tensors
+from models.lit import TabularClassifier
+from tasks.config import ModelCfg, TrainCfg
+
+
+def resolve_accelerator(train: TrainCfg) -> tuple[str, str]:
+    """(accelerator, precision): bf16-mixed on a GPU, 32-bit on CPU, unless set explicitly."""
+    gpu = torch.cuda.is_available() and train.accelerator in ("auto", "gpu", "cuda")
+    accelerator = ("gpu" if gpu else "cpu") if train.accelerator == "auto" else train.accelerator
+    precision = train.precision if train.precision != "auto" else ("bf16-mixed" if gpu else "32-true")
+    return accelerator, precision
+
+
+class History(Callback):
+    """Keeps one row of logged metrics per epoch (loss curves)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {"epoch": trainer.current_epoch}
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.rows.append(row)
+
+
+def fit(
+    splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    cardinalities: list[int],
+    model_cfg: ModelCfg,
+    train_cfg: TrainCfg,
+    out_dir: Path,
+    loggers: list[Any] | bool = False,
+) -> tuple[TabularClassifier, list[dict[str, float]]]:
+    """Train with early stopping on validation loss; returns the best module and per-epoch history."""
+    L.seed_everything(train_cfg.seed, workers=True)
+    accelerator, precision = resolve_accelerator(train_cfg)
+    # whole tensors live on the GPU when training on one device there; the index batcher slices them
+    device = "cuda" if accelerator in ("gpu", "cuda") and train_cfg.devices in (1, "1", "auto") else "cpu"
+    tensors = {name: to_tensors(*arrays, device=device) for name, arrays in splits.items()}
+    data = TensorDataModule(tensors, train_cfg.batch_size, seed=train_cfg.seed)
+    module = TabularClassifier(
+        cardinalities=cardinalities,
+        n_numeric=splits["train"][1].shape[1],
+        max_embedding_dim=model_cfg.max_embedding_dim,
+        hidden=tuple(model_cfg.hidden),
+        dropout=model_cfg.dropout,
+        lr=train_cfg.lr,
+        weight_decay=train_cfg.weight_decay,
+    )
+    history = History()
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1 if device == "cuda" else train_cfg.devices,
+        precision=precision,
+        max_epochs=train_cfg.max_epochs,
+        callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), checkpoint, history],
+        logger=loggers,
+        deterministic=True,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+    trainer.fit(module, datamodule=data)
+    best = TabularClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
+    return best.eval(), history.rows
+
+
+@torch.no_grad()
+def predict_proba(module: TabularClassifier, codes: np.ndarray, nums: np.ndarray, batch: int = 65536) -> np.ndarray:
+    """Delay probabilities on CPU in large slices (inference needs no Trainer)."""
+    module = module.eval().cpu()
+    x_cat, x_num = torch.as_tensor(codes, dtype=torch.long), torch.as_tensor(nums, dtype=torch.float32)
+    out = [
+        torch.sigmoid(module(x_cat[i : i + batch], x_num[i : i + batch]).float()) for i in range(0, len(codes), batch)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

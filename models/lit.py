@@ -1,0 +1,56 @@
+"""LightningModule: loss, metrics, optimiser; one shared step for train/val/test."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torchmetrics.classification import BinaryAUROC
+
+from models.net import TabularNet
+
+
+class TabularClassifier(L.LightningModule):
+    def __init__(
+        self,
+        cardinalities: list[int],
+        n_numeric: int,
+        max_embedding_dim: int = 16,
+        hidden: tuple[int, ...] = (128, 64),
+        dropout: float = 0.2,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = TabularNet(cardinalities, n_numeric, max_embedding_dim, tuple(hidden), dropout)
+        self.auroc = torch.nn.ModuleDict({s: BinaryAUROC() for s in ("train_", "val_", "test_")})
+
+    def forward(self, x_cat: torch.Tensor, x_num: torch.Tensor) -> torch.Tensor:
+        return self.net(x_cat, x_num)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x_cat, x_num, y = batch
+        logits = self(x_cat, x_num).float()
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        auroc = self.auroc[f"{stage}_"]
+        auroc.update(logits.detach(), y.long())
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, batch_size=len(y))
+        self.log(f"{stage}_auc", auroc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        return torch.sigmoid(self(batch[0], batch[1]).float())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

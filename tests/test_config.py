@@ -1,0 +1,40 @@
+import pytest
+from pydantic import ValidationError
+
+from tasks.config import ParamsError, load_params, parse_params
+from tests.conftest import REPO
+
+
+def test_repo_params_load_and_are_frozen():
+    params = load_params(REPO / "params.yaml")
+    assert params.split.train == ("2013-01", "2013-04")
+    with pytest.raises(ValidationError):
+        params.train.lr = 1.0  # frozen
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train.lrr": 0.1}, "train.lrr"),
+        ({"train.lr": -1}, "train.lr"),
+        ({"data.start": "2013-13"}, "data.start"),
+        ({"split.valid": ["2013-01", "2013-01"]}, "time order"),
+        ({"data.slices": ["distance"]}, "slices"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(override, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(REPO / "params.yaml", overrides=override)
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(ParamsError, match="unknown params section"):
+        load_params(REPO / "params.yaml", overrides={"nosuch.key": 1})
+    with pytest.raises(ParamsError, match="surprise"):
+        parse_params({**__import__("yaml").safe_load((REPO / "params.yaml").read_text()), "surprise": {}})
+
+
+def test_override_changes_value_and_digest():
+    base = load_params(REPO / "params.yaml")
+    other = load_params(REPO / "params.yaml", overrides={"train.max_epochs": 3})
+    assert other.train.max_epochs == 3 and base.digest() != other.digest()
