@@ -69,7 +69,8 @@ class Preprocessor:
             filled = np.clip(np.where(np.isnan(values), self.median[col], values), self.low[col], self.high[col])
             nums[:, j] = (filled - self.mean[col]) / self.std[col]
         for k, col in enumerate(self.indicators):
-            nums[:, len(self.numeric) + k] = pd.to_numeric(frame[col], errors="coerce").isna().to_numpy()
+            values = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
+            nums[:, len(self.numeric) + k] = ~np.isfinite(values)  # missing or infinite: imputed above
         return codes, nums
 
     def save(self, path: Path) -> None:

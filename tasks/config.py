@@ -20,6 +20,27 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_DAY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+
+
+def _period(value: str) -> str:
+    """A month 'YYYY-MM' or a day 'YYYY-MM-DD' (split windows may be finer than months)."""
+    if isinstance(value, str) and _DAY.match(value):
+        return value
+    return _month(value)
+
+
+def period_bounds(lo: str, hi: str) -> tuple[str, str]:
+    """Inclusive [lo, hi] periods as half-open day bounds 'YYYY-MM-DD' (hi's month or day included)."""
+    import pandas as pd
+
+    start = pd.Timestamp(lo + "-01" if len(lo) == 7 else lo)
+    end = (
+        pd.Timestamp(hi + "-01") + pd.offsets.MonthBegin(1) if len(hi) == 7 else pd.Timestamp(hi) + pd.Timedelta(days=1)
+    )
+    return start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
+
+
 def _month(value: str) -> str:
     if not isinstance(value, str) or not _MONTH.match(value):
         raise ValueError(f"expected a month as 'YYYY-MM', got {value!r}")
@@ -82,14 +103,15 @@ class SplitCfg(_Frozen):
     @field_validator("train", "valid", "test")
     @classmethod
     def _range(cls, value: tuple[str, str]) -> tuple[str, str]:
-        lo, hi = (_month(v) for v in value)
-        if lo > hi:
+        lo, hi = (_period(v) for v in value)
+        if period_bounds(lo, hi)[0] >= period_bounds(lo, hi)[1]:
             raise ValueError(f"range starts after it ends: {lo} > {hi}")
         return lo, hi
 
     @model_validator(mode="after")
     def _ordered(self) -> SplitCfg:
-        if not (self.train[1] < self.valid[0] and self.valid[1] < self.test[0]):
+        bounds = [period_bounds(*w) for w in (self.train, self.valid, self.test)]
+        if not (bounds[0][1] <= bounds[1][0] and bounds[1][1] <= bounds[2][0]):
             raise ValueError("split windows must be in time order and not overlap: train < valid < test")
         return self
 

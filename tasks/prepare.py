@@ -10,7 +10,7 @@ import pandas as pd
 
 from models.preprocess import Preprocessor
 from tasks import paths
-from tasks.config import DataCfg, Params, SplitCfg, load_params
+from tasks.config import DataCfg, Params, SplitCfg, load_params, period_bounds
 
 # Known only after the flight has happened: never features (tests/test_leakage.py guards this).
 LEAKY_COLUMNS = frozenset({"dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"})
@@ -67,12 +67,13 @@ def build_features(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], cfg: D
 
 
 def split_by_window(frame: pd.DataFrame, split: SplitCfg, time_column: str) -> dict[str, pd.DataFrame]:
-    """Rows of each split's inclusive month range; an empty split is an error naming it."""
-    months = frame[time_column].dt.strftime("%Y-%m")
+    """Rows of each split's inclusive month (or day) range; an empty split is an error naming it."""
+    days = frame[time_column].dt.strftime("%Y-%m-%d")
     parts = {}
     for name in ("train", "valid", "test"):
         lo, hi = getattr(split, name)
-        part = frame[(months >= lo) & (months <= hi)].reset_index(drop=True)
+        start, end = period_bounds(lo, hi)
+        part = frame[(days >= start) & (days < end)].reset_index(drop=True)
         if part.empty:
             raise ValueError(f"split {name!r} ({lo}..{hi}) has no rows in the ingested data")
         parts[name] = part

@@ -38,3 +38,18 @@ def test_override_changes_value_and_digest():
     base = load_params(REPO / "params.yaml")
     other = load_params(REPO / "params.yaml", overrides={"train.max_epochs": 3})
     assert other.train.max_epochs == 3 and base.digest() != other.digest()
+
+
+@pytest.mark.parametrize(
+    "lo, hi, bounds",
+    [("2013-01", "2013-02", ("2013-01-01", "2013-03-01")), ("2013-12-30", "2013-12-31", ("2013-12-30", "2014-01-01"))],
+)
+def test_period_bounds(lo, hi, bounds):
+    from tasks.config import period_bounds
+
+    assert period_bounds(lo, hi) == bounds
+
+
+def test_overlapping_day_windows_are_refused():
+    with pytest.raises(ParamsError, match="time order"):
+        load_params(REPO / "params.yaml", overrides={"split.valid": ["2013-04-30", "2013-05-31"]})

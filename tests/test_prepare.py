@@ -81,3 +81,17 @@ def test_min_category_count_sends_rare_values_to_unknown():
     train = pd.DataFrame({"c": ["a", "a", "a", "rare"], "x": 1.0})
     pre = Preprocessor.fit(train, ("c",), ("x",), min_count=2)
     assert pre.vocab["c"] == ["a"] and pre.transform(pd.DataFrame({"c": ["rare"], "x": [1.0]}))[0][0, 0] == UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "train, valid, test, sizes",
+    [
+        (["2013-01-01", "2013-01-01"], ["2013-01-02", "2013-02-01"], ["2013-02-02", "2013-03"], [2, 2, 2]),
+        (["2013-01", "2013-01"], ["2013-02-01", "2013-02-02"], ["2013-02-03", "2013-03-31"], [3, 1, 2]),
+    ],
+)
+def test_split_windows_may_be_days(flights_tiny, weather_tiny, planes_tiny, train, valid, test, sizes):
+    cfg = load_params(REPO / "params.yaml", overrides={"split.train": train, "split.valid": valid, "split.test": test})
+    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, cfg.data)
+    parts = split_by_window(frame, cfg.split, "time_hour")
+    assert [len(parts[s]) for s in ("train", "valid", "test")] == sizes
