@@ -119,7 +119,7 @@ def flights_tiny() -> pd.DataFrame:
             "arr_delay": [11.0, 16.0, None, 15.0, 10.0, 15.5],
             "carrier": ["UA", "AA", "UA", "B6", "DL", "UA"],
             "flight": [1545, 1141, 725, 507, 461, 1696],
-            "tailnum": ["N14228", "N619AA", None, "N516JB", "N668DN", "N39463"],
+            "tailnum": ["N14228", "N619AA", "N000XX", "N516JB", "N668DN", "N39463"],
             "origin": ["EWR", "JFK", "EWR", "LGA", "LGA", "EWR"],
             "dest": ["IAH", "MIA", "BQN", "FLL", "ATL", "ORD"],
             "air_time": [227.0, 160.0, None, 150.0, 116.0, 150.0],
