@@ -1,0 +1,45 @@
+import pandas as pd
+import pytest
+
+from monitoring.replay import label_horizon, retrain_split, rows_in, visible_labels, windows
+
+
+def test_weekly_windows_tile_the_range():
+    ws = windows("2013-07-01", "2013-07-31", 7)
+    assert [w.window_id for w in ws] == ["2013-07-01", "2013-07-08", "2013-07-15", "2013-07-22", "2013-07-29"]
+    assert ws[-1].end == pd.Timestamp("2013-08-01")  # last window is short
+    assert all(a.end == b.start for a, b in zip(ws, ws[1:]))
+
+
+def test_window_length_must_be_positive():
+    with pytest.raises(ValueError, match="at least one day"):
+        windows("2013-07-01", "2013-07-31", 0)
+
+
+@pytest.mark.parametrize("delay, visible", [(0, 4), (1, 3), (2.5, 2), (10, 0)])
+def test_labels_are_never_visible_before_their_delay(delay, visible):
+    times = pd.to_datetime(["2013-07-01 06:00", "2013-07-02 06:00", "2013-07-03 06:00", "2013-07-04 06:00"])
+    frame = pd.DataFrame({"time_hour": times, "late": [0, 1, 0, 1]})
+    now = pd.Timestamp("2013-07-05")
+    seen = visible_labels(frame, "time_hour", now, delay)
+    assert len(seen) == visible
+    assert (seen["time_hour"] + pd.Timedelta(days=delay) <= now).all()
+    assert (seen["time_hour"] <= label_horizon(now, delay)).all()
+
+
+def test_rows_in_is_half_open():
+    frame = pd.DataFrame({"t": pd.to_datetime(["2013-07-01 00:00", "2013-07-07 23:00", "2013-07-08 00:00"])})
+    assert len(rows_in(frame, "t", pd.Timestamp("2013-07-01"), pd.Timestamp("2013-07-08"))) == 2
+
+
+@pytest.mark.parametrize(
+    "months, train",
+    [(3, ["2013-05-18", "2013-08-17"]), (None, ["2013-01-01", "2013-08-17"])],
+)
+def test_retrain_split_sliding_and_expanding(months, train):
+    split = retrain_split(
+        pd.Timestamp("2013-09-01"), test_days=7, valid_days=7, train_months=months, first_day="2013-01-01"
+    )
+    assert split["test"] == ["2013-08-25", "2013-08-31"]
+    assert split["valid"] == ["2013-08-18", "2013-08-24"]
+    assert split["train"] == train
