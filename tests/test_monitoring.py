@@ -258,7 +258,7 @@ def test_retrain_automation_is_created_once(prefect_api):
     assert len(found) == 1 and first.id == second.id == found[0].id
     automation = found[0]
     assert {policy.DRIFT_EVENT, policy.PERFORMANCE_EVENT} <= set(automation.trigger.expect)
-    assert automation.trigger.match.get("prefect.resource.id") == "mlflow.model.flight-delay"
+    assert automation.trigger.match.get("prefect.resource.id") == ["mlflow.model.flight-delay"]
     assert [a.type for a in automation.actions] == ["run-deployment"]
     assert automation.actions[0].deployment_id == deployment_id
 
