@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -268,7 +269,7 @@ def test_monitoring_flow_end_to_end(prefect_api, tmp_path, monkeypatch):
     from tasks.config import set_dotted
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    raw = yaml.safe_load(open("params.yaml"))
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     for key, value in {
         "data.categorical": list(DATA.categorical),
         "data.numeric": list(DATA.numeric),
