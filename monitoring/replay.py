@@ -6,8 +6,12 @@ MLflow and the gate."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.config import Params, ParamsError
 
 
 @dataclass(frozen=True)
@@ -67,4 +71,98 @@ def retrain_split(
         "train": [train_lo.strftime(fmt), train_hi.strftime(fmt)],
         "valid": [valid_lo.strftime(fmt), valid_hi.strftime(fmt)],
         "test": [test_lo.strftime(fmt), last.strftime(fmt)],
+    }
+
+
+# --- configuration (params.yaml `replay:`) and per-policy summaries --------------------------------
+
+
+class Scenario(BaseModel):
+    """A what-if planted in one window of the stream: shift a numeric column, or blank a share of it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: str  # window id (its first day, YYYY-MM-DD)
+    column: str
+    add: float = 0.0
+    missing_share: float = Field(0.0, ge=0.0, le=1.0)
+    until: str | None = None  # keep applying it to later windows up to this id (a lasting shift)
+
+
+class ReplayCfg(BaseModel):
+    """The replay of a year of production: windows, retraining split, policies to compare."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str = "2013-07-01"  # first production window (the initial champion was trained before)
+    end: str = "2013-12-31"
+    window_days: int = Field(7, ge=1)
+    first_day: str = "2013-01-01"  # expanding training windows start here
+    valid_days: int = Field(7, ge=1)  # a retrain validates on the week before ...
+    test_days: int = Field(7, ge=1)  # ... the most recent labelled week, on which the gate decides
+    tune_until: str = "2013-09-30"  # policies were tuned on windows ending by then; later ones are held out
+    request_rows: int = Field(1000, ge=1)  # rows per /predict request
+    train: dict[str, Any] = Field(default_factory=dict)  # params overrides for every (re)training
+    policies: dict[str, dict[str, Any]]  # name -> overrides of the `policy:` section
+    scenarios: tuple[Scenario, ...] = ()  # what-ifs planted in the stream (tests, policy drills)
+    quick: dict[str, Any] = Field(default_factory=dict)  # overrides of this section for --quick
+
+
+def apply_scenario(frame: pd.DataFrame, window_id: str, cfg: ReplayCfg, seed: int = 0) -> pd.DataFrame:
+    """The window's rows with any planted scenario applied (a copy; the stream is untouched)."""
+    hits = [s for s in cfg.scenarios if s.window <= window_id <= (s.until or s.window)]
+    if not hits:
+        return frame
+    out = frame.copy()
+    for sc in hits:
+        if sc.column not in out.columns:
+            raise ValueError(f"replay scenario column {sc.column!r} is not a column of the stream")
+        if sc.add:
+            out[sc.column] = out[sc.column] + sc.add
+        if sc.missing_share:
+            blank = out.sample(frac=sc.missing_share, random_state=seed).index
+            out.loc[blank, sc.column] = None
+    return out
+
+
+def replay_cfg(params: Params, quick: bool = False) -> ReplayCfg:
+    raw = dict(params.extra.get("replay") or {})
+    if quick:
+        raw = {**raw, **raw.get("quick", {})}
+    try:
+        return ReplayCfg(**raw)
+    except ValidationError as exc:
+        lines = [f"  replay.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
+
+
+def policy_summary(table: pd.DataFrame, since: str | None = None) -> pd.DataFrame:
+    """Per policy: mean AUC and Brier over windows (optionally those starting on/after `since`),
+    retrains, promotions and training time."""
+    part = table if since is None else table[table["window"] >= since]
+    out = part.groupby("policy", sort=False).agg(
+        windows=("window", "size"),
+        mean_auc=("roc_auc", "mean"),
+        mean_brier=("brier", "mean"),
+        retrains=("retrained", "sum"),
+        promotions=("promoted", "sum"),
+        train_seconds=("train_seconds", "sum"),
+    )
+    return out.reset_index()
+
+
+def retained_improvement(summary: pd.DataFrame, policy: str, reference: str = "monthly", base: str = "never") -> dict:
+    """Share of `reference`'s improvement over `base` that `policy` keeps (AUC up, Brier down), and its
+    share of `reference`'s retrains: the replay's goal is >= 80 % kept with <= 50 % of the retrains."""
+    row = summary.set_index("policy")
+    if not {policy, reference, base} <= set(row.index):
+        return {}
+    gain = lambda metric, sign: sign * (row.loc[policy, metric] - row.loc[base, metric])  # noqa: E731
+    ref_gain = lambda metric, sign: sign * (row.loc[reference, metric] - row.loc[base, metric])  # noqa: E731
+    share = lambda a, b: float(a / b) if b > 0 else float("nan")  # noqa: E731
+    retrains = row.loc[reference, "retrains"]
+    return {
+        "auc_kept": share(gain("mean_auc", 1), ref_gain("mean_auc", 1)),
+        "brier_kept": share(gain("mean_brier", -1), ref_gain("mean_brier", -1)),
+        "retrain_share": float(row.loc[policy, "retrains"] / retrains) if retrains else float("nan"),
     }

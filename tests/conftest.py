@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+
+from flows.workspace import make_workspace, set_params  # noqa: F401 - re-exported for tests
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-# copied into a throw-away project; generated folders are not
-PROJECT_FILES = ("tasks", "models", "flows", "serving", "monitoring", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 # A shrunk config: three months (train Jan, valid Feb, test Mar), a fraction of the rows, few epochs.
 SMALL = {
@@ -29,17 +27,6 @@ SMALL = {
     "train.lr": 0.003,
     "evaluate.baseline.max_iter": 30,
 }
-
-
-def set_params(project: Path, overrides: dict) -> None:
-    """Write dotted-key overrides into the project's params.yaml (as `dvc exp run -S` would)."""
-    from tasks.config import set_dotted
-
-    path = project / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for key, value in overrides.items():
-        set_dotted(raw, key, value)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def project_env(project: Path) -> dict[str, str]:
@@ -66,23 +53,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> su
 def make_project(root: Path, overrides: dict | None = None) -> Path:
     """A fresh git + DVC repo with this project's code and a shrunk params.yaml."""
     project = root / "project"
-    project.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, project / name)
-    (project / "data" / "incoming").mkdir(parents=True)
-    (project / "data" / "incoming" / "README.md").write_text("inbox\n")
-    shutil.copy2(REPO / ".gitignore", project / ".gitignore")
-    set_params(project, {**SMALL, **(overrides or {})})
-    run(["git", "init", "-q"], project)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], project)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], project)
-    run(["dvc", "init", "-q"], project)
-    run(["dvc", "config", "core.analytics", "false"], project)
-    return project
+    return make_workspace(REPO, project, {**SMALL, **(overrides or {})}, env=project_env(project))
 
 
 @pytest.fixture(scope="session")

