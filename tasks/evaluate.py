@@ -234,12 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     tracking.setup(params.register_.experiment)
     with mlflow.start_run(run_id=run["run_id"]):
         flat = tracking.flatten({k: v for k, v in result["metrics"].items() if k != "slices"})
-        mlflow.log_metrics({k: v for k, v in flat.items() if isinstance(v, float)})
-        mlflow.log_metrics({k: v for k, v in result["metrics"]["slices"].items() if isinstance(v, float)})
+        numbers = {k: v for k, v in flat.items() if isinstance(v, float)}
+        numbers.update({k: v for k, v in result["metrics"]["slices"].items() if isinstance(v, float)})
+        for row in result["slices"].itertuples():
+            numbers[f"slice.{row.column}.{row.value}.roc_auc"] = row.roc_auc
+            numbers[f"slice.{row.column}.{row.value}.recall"] = row.recall
+        mlflow.log_metrics(numbers)  # one call: one store transaction
         mlflow.set_tags({k: v for k, v in result["metrics"]["slices"].items() if isinstance(v, str)})
-        for _, row in result["slices"].iterrows():
-            key = f"slice.{row['column']}.{row['value']}"
-            mlflow.log_metrics({f"{key}.roc_auc": row["roc_auc"], f"{key}.recall": row["recall"]})
         for path in made:
             mlflow.log_artifact(str(path), artifact_path="plots")
         mlflow.log_artifact(str(paths.SLICES), artifact_path="evaluation")
