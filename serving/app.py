@@ -63,6 +63,13 @@ class Problem(BaseModel):
 ERRORS = {s: {"model": Problem} for s in (400, 401, 413, 415, 422, 503)}
 
 
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def parse_rows(body: bytes, model: LiveModel, max_rows: int) -> list[dict[str, Any]]:
     """JSON body -> validated rows; every problem is a BadInput naming the field."""
     try:
@@ -113,13 +120,13 @@ def parse_rows(body: bytes, model: LiveModel, max_rows: int) -> list[dict[str, A
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise BadInput(422, c, f"{at}.{c}: expected a number or null, got {type(v).__name__}")
-            if not math.isfinite(v):
+            if not _finite(v):
                 raise BadInput(422, c, f"{at}.{c}: {v} is not allowed; send null for a missing value")
         for c in extra_keys:
             v = row.get(c)
             if v is None or isinstance(v, str):
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
                 raise BadInput(422, c, f"{at}.{c}: key column must be a string or a finite number")
     return rows
 

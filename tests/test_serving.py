@@ -169,6 +169,8 @@ def _bad_cases(rows):
         ({**r, "distance": "far"}, 422, "distance"),
         ({**r, "carrier": 7}, 422, "carrier"),
         ({**r, "seats": True}, 422, "seats"),
+        ({**r, "seats": 10**400}, 422, "seats"),
+        ({**r, "flight": [1]}, 422, "flight"),
         ({"rows": []}, 422, "rows"),
         ({"rows": [r] * 51}, 413, "rows"),
         ({"rows": [r], "extra": 1}, 422, "extra"),
@@ -362,3 +364,13 @@ def test_serving_params_reject_unknown_keys():
 
     with pytest.raises(ParamsError, match="serving.pol_seconds"):
         serving_cfg(load_params(REPO / "params.yaml", {"serving.pol_seconds": 1}))
+
+
+def test_batch_scoring_writes_scored_parquet_with_champion(project):
+    out = run(["python", "-m", "serving.batch", "data/prepared/test.parquet", "--month", "2013-03"], project).stdout
+    assert "rows scored with v" in out
+    path = Path(out.strip().splitlines()[-1].split("-> ")[1])
+    scored = pd.read_parquet(project / path)
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    assert len(scored) == len(test) and {"score", "label_pred", "model_version", "flight", "carrier"} <= set(scored)
+    assert scored["score"].between(0, 1).all() and scored["model_version"].nunique() == 1
