@@ -77,7 +77,7 @@ def parse_rows(body: bytes, model: LiveModel, max_rows: int) -> list[dict[str, A
     except RecursionError:
         raise BadInput(400, "body", "JSON nested too deeply") from None
     except ValueError as exc:  # includes JSONDecodeError and bad UTF-8
-        raise BadInput(400, "body", f"body is not valid JSON: {exc}") from None
+        raise BadInput(400, "body", f"body: not valid JSON: {exc}") from None
     if isinstance(data, dict) and "rows" in data:
         if set(data) != {"rows"}:
             raise BadInput(
@@ -93,11 +93,11 @@ def parse_rows(body: bytes, model: LiveModel, max_rows: int) -> list[dict[str, A
     elif isinstance(data, list):
         rows, where = data, "rows"
     else:
-        raise BadInput(422, "body", 'send one row object, a list of rows, or {"rows": [...]}')
+        raise BadInput(422, "body", 'body: send one row object, a list of rows, or {"rows": [...]}')
     if not rows:
-        raise BadInput(422, "rows", "empty batch: send at least one row")
+        raise BadInput(422, "rows", "rows: empty batch, send at least one row")
     if len(rows) > max_rows:
-        raise BadInput(413, "rows", f"batch of {len(rows)} rows is over the limit of {max_rows}")
+        raise BadInput(413, "rows", f"rows: batch of {len(rows)} rows is over the limit of {max_rows}")
     allowed = set(model.features) | set(model.key)
     extra_keys = [k for k in model.key if k not in model.features]
     for i, row in enumerate(rows):
@@ -255,12 +255,12 @@ def create_app(
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > cfg.max_body_bytes):
-            raise BadInput(413, "body", f"body over the limit of {cfg.max_body_bytes} bytes")
+            raise BadInput(413, "body", f"body: over the limit of {cfg.max_body_bytes} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > cfg.max_body_bytes:
-                raise BadInput(413, "body", f"body over the limit of {cfg.max_body_bytes} bytes")
+                raise BadInput(413, "body", f"body: over the limit of {cfg.max_body_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -190,7 +190,7 @@ def test_bad_inputs_are_4xx_naming_the_field(server, rows):
         r = httpx.post(server.url + "/predict", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 422 and field in r.json()["detail"], (body, r.text)
     r = httpx.post(server.url + "/predict", content=b'{"rows": [', headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    assert r.status_code == 400 and "body: not valid JSON" in r.json()["detail"]
     huge = json.dumps({"rows": [{**rows[0], "carrier": "x" * 70000}]})
     r = httpx.post(server.url + "/predict", content=huge, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "body" in r.json()["field"]
@@ -227,7 +227,7 @@ def test_schemathesis_fuzz_no_5xx(server):
         op = result.ok()
         modes = (
             [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
-            if op.method.upper() == "POST"
+            if op.path == "/predict"  # negative data needs a body or parameters to break
             else [GenerationMode.POSITIVE]
         )
         for mode in modes:
