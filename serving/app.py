@@ -224,7 +224,7 @@ def create_app(
     def on_swap(model: LiveModel) -> None:
         metrics.version.set(model.version)
         metrics.swaps.inc()
-        predlog.categorical = set(model.categorical)
+        predlog.categorical, predlog.numeric = set(model.categorical), set(model.numeric)
 
     follower = Follower(model_name, cfg.alias, cfg.poll_seconds, cache, on_swap=on_swap)
     predlog = PredictionLog(cfg.prediction_dir, flush_rows=cfg.flush_rows, flush_seconds=cfg.flush_seconds)

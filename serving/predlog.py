@@ -51,28 +51,41 @@ def read_predictions(folder: Path | str, since: datetime | None = None, until: d
     return out.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
-def to_frame(batches: list[dict[str, Any]], categorical: set[str]) -> pd.DataFrame:
-    """Queued request batches -> one table in the contract's column order."""
-    sizes = [len(b["scores"]) for b in batches]
-    frame = pd.DataFrame(
-        {
-            "request_id": [b["request_id"] for b, k in zip(batches, sizes, strict=True) for _ in range(k)],
-            "ts": pd.to_datetime([b["ts"] for b, k in zip(batches, sizes, strict=True) for _ in range(k)], utc=True),
-            "model_version": pd.Series(
-                [b["model_version"] for b, k in zip(batches, sizes, strict=True) for _ in range(k)], dtype="int64"
-            ),
-            "score": pd.Series([s for b in batches for s in b["scores"]], dtype="float64"),
-            "label_pred": pd.Series([v for b in batches for v in b["labels"]], dtype="int64"),
-        }
-    )
-    sent = pd.DataFrame.from_records([row for b in batches for row in b["rows"]])
-    for col in sent.columns:
-        values = sent[col]
-        if col in categorical or values.map(lambda v: isinstance(v, str)).any():
-            frame[col] = values.map(lambda v: None if v is None or v != v else str(v)).astype("object")
-        else:
-            frame[col] = pd.to_numeric(values).astype("float64")
-    return frame
+def _column(values: list, categorical: bool, numeric: bool):
+    """One sent column as an Arrow array: features keep their declared type, keys their JSON type."""
+    import pyarrow as pa
+
+    present = [v for v in values if v is not None]
+    if not categorical and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        if not numeric and present and all(isinstance(v, int) and abs(v) < 2**63 for v in present):
+            return pa.array(values, type=pa.int64())
+        return pa.array(values, type=pa.float64())
+    return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def to_table(batches: list[dict[str, Any]], categorical: set[str], numeric: set[str] = frozenset()):
+    """Queued request batches -> one Arrow table in the contract's column order (no pandas: it is cheaper)."""
+    import pyarrow as pa
+
+    def per_row(key: str) -> list:
+        return [b[key] for b in batches for _ in range(len(b["scores"]))]
+
+    rows = [row for b in batches for row in b["rows"]]
+    columns = {
+        "request_id": pa.array(per_row("request_id"), pa.string()),
+        "ts": pa.array(per_row("ts"), pa.timestamp("us", tz="UTC")),
+        "model_version": pa.array(per_row("model_version"), pa.int64()),
+        "score": pa.array([x for b in batches for x in b["scores"]], pa.float64()),
+        "label_pred": pa.array([x for b in batches for x in b["labels"]], pa.int64()),
+    }
+    sent = list(dict.fromkeys(k for row in rows for k in row))
+    for col in sent:
+        columns[col] = _column([row.get(col) for row in rows], col in categorical, col in numeric)
+    return pa.table(columns)
+
+
+def to_frame(batches: list[dict[str, Any]], categorical: set[str], numeric: set[str] = frozenset()) -> pd.DataFrame:
+    return to_table(batches, categorical, numeric).to_pandas()
 
 
 class PredictionLog:
@@ -82,10 +95,11 @@ class PredictionLog:
         self,
         folder: Path | str,
         categorical: set[str] | None = None,
+        numeric: set[str] | None = None,
         flush_rows: int = 2000,
         flush_seconds: float = 5.0,
     ):
-        self.folder, self.categorical = Path(folder), set(categorical or ())
+        self.folder, self.categorical, self.numeric = Path(folder), set(categorical or ()), set(numeric or ())
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self._q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -156,17 +170,21 @@ class PredictionLog:
             self._write(pending)
 
     def _write(self, batches: list[dict]) -> None:
-        try:
-            frame = to_frame(batches, self.categorical)
-            for day, part in frame.groupby(frame["ts"].dt.strftime("%Y-%m-%d"), sort=True):
+        import pyarrow.parquet as pq
+
+        by_day: dict[str, list[dict]] = {}
+        for b in batches:
+            by_day.setdefault(b["ts"].astimezone(timezone.utc).strftime("%Y-%m-%d"), []).append(b)
+        for day, part in sorted(by_day.items()):
+            try:
+                table = to_table(part, self.categorical, self.numeric)
                 folder = self.folder / f"date={day}"
                 folder.mkdir(parents=True, exist_ok=True)
-                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-                tmp = folder / f".part-{stamp}-{uuid.uuid4().hex}.tmp"
-                part.reset_index(drop=True).to_parquet(tmp, index=False)
-                tmp.rename(folder / tmp.name.removeprefix(".").replace(".tmp", ".parquet"))
+                name = f"part-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex}.parquet"
+                pq.write_table(table, folder / f".{name}.tmp")
+                (folder / f".{name}.tmp").rename(folder / name)  # readers never see a half-written file
                 self.files_written += 1
-                self.rows_written += len(part)
-        except Exception:  # never let logging take the service down; count it for /metrics
-            self.errors += 1
-            log.exception("prediction log: could not write %d batches", len(batches))
+                self.rows_written += table.num_rows
+            except Exception:  # never let logging take the service down; counted in /metrics
+                self.errors += 1
+                log.exception("prediction log: could not write %d requests of %s", len(part), day)
