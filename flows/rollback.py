@@ -16,8 +16,9 @@ def rollback_flow(reason: str = "rollback from Prefect", params_path: str = str(
     import os
 
     os.environ.setdefault(registry.FLOW_RUN_ENV, str(flow_run.get_id() or "unknown"))
-    name = load_params(params_path).register_.model_name
-    event = task(registry.rollback, name="rollback")(name, reason)
+    params = load_params(params_path)
+    name = params.register_.model_name
+    event = task(registry.rollback, name="rollback")(name, reason, registry.service_url(params.extra))
     get_run_logger().info(
         "champion v%s -> v%s (%s)", event["champion_before"], event["champion_after"], event["notify"]
     )

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
 
     name = params.register_.model_name
     version = args.version or json.loads(args.registered.read_text())["version"]
-    result = registry.run_gate(name, int(version), args.window, params.data.label, cfg)
+    url = registry.service_url(params.extra)
+    result = registry.run_gate(name, int(version), args.window, params.data.label, cfg, notify_url=url)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     verdict = "PROMOTED" if result["promoted"] else "REFUSED"

@@ -129,11 +129,19 @@ def load_scorer(name: str, version: int, dst: Path | str | None = None):
     return Scorer.from_files(art / "preprocessor.json", art / "model.pt", art / "meta.json")
 
 
+def service_url(extra: dict[str, Any]) -> str:
+    """`SERVING_URL`, else the service's address from params.yaml `serving:` (loopback by default)."""
+    cfg = extra.get("serving") or {}
+    host = cfg.get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return os.environ.get("SERVING_URL") or f"http://{host}:{cfg.get('port', 8000)}"
+
+
 def notify_service(url: str | None = None) -> str:
     """Ask a running service to reload now (best effort; it also polls the alias)."""
     url = url or os.environ.get("SERVING_URL")
     if not url:
-        return "no SERVING_URL set; the service will notice by polling"
+        return "no service URL; a running service will notice by polling"
     import httpx
 
     token = os.environ.get("SERVING_TOKEN")
@@ -151,7 +159,15 @@ def _move_champion(client, name: str, version: int) -> None:
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
-def run_gate(name: str, version: int, window: Path | str, label: str, cfg, force_reason: str | None = None):
+def run_gate(
+    name: str,
+    version: int,
+    window: Path | str,
+    label: str,
+    cfg,
+    force_reason: str | None = None,
+    notify_url: str | None = None,
+):
     """Score champion and challenger on `window`, apply `tasks.gate.decide`, move the alias, record it."""
     from tasks.gate import decide, read_window, score
 
@@ -172,6 +188,7 @@ def run_gate(name: str, version: int, window: Path | str, label: str, cfg, force
             name,
             {**base, "action": "promote", "champion_after": version, "reason": f"forced by hand: {force_reason}"},
         )
+        event["notify"] = notify_service(notify_url)
         return {**event, "promoted": True, "champion_version": version}
     if champion == version:
         if any(e["champion_after"] == version for e in history(client, name)):
@@ -219,11 +236,11 @@ def run_gate(name: str, version: int, window: Path | str, label: str, cfg, force
         },
     )
     if decision.promote:
-        event["notify"] = notify_service()
+        event["notify"] = notify_service(notify_url)
     return {**event, "promoted": decision.promote, "champion_version": event["champion_after"]}
 
 
-def rollback(name: str, reason: str = "rollback by hand") -> dict[str, Any]:
+def rollback(name: str, reason: str = "rollback by hand", notify_url: str | None = None) -> dict[str, Any]:
     """Move `champion` back to the champion before the live one, and record it."""
     client = _client()
     current = alias_version(client, name)
@@ -242,14 +259,14 @@ def rollback(name: str, reason: str = "rollback by hand") -> dict[str, Any]:
             "reason": reason,
         },
     )
-    event["notify"] = notify_service()
+    event["notify"] = notify_service(notify_url)
     return event
 
 
 def format_history(events: list[dict[str, Any]]) -> str:
     lines = [f"{'#':>3} {'when (UTC)':25} {'action':9} {'ver':>4} {'champion':>9}  flow run / reason"]
     for e in events:
-        arrow = f"{e.get('champion_before') or '-'}->{e.get('champion_after') or '-'}"
+        arrow = f"{e.get('champion_before') or 'none'}->{e.get('champion_after') or 'none'}"
         lines.append(
             f"{e['seq']:>3} {e['at']:25} {e['action']:9} {e['version']:>4} {arrow:>9}  {e['flow_run']}: {e['reason']}"
         )
@@ -288,10 +305,11 @@ def main(argv: list[str] | None = None) -> None:
             params.data.label,
             gate_cfg(params.extra),
             force_reason=(args.reason or "no reason given") if args.force else None,
+            notify_url=service_url(params.extra),
         )
         print(f"promote: v{version} {'promoted' if result['promoted'] else 'refused'}: {result['reason']}")
     else:
-        event = rollback(name, args.reason)
+        event = rollback(name, args.reason, service_url(params.extra))
         print(f"rollback: champion v{event['champion_before']} -> v{event['champion_after']} ({event['notify']})")
 
 
