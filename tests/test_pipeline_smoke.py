@@ -9,7 +9,7 @@ import yaml
 from tests.conftest import run, set_params
 
 pytestmark = pytest.mark.smoke
-STAGES = ["ingest", "validate", "prepare", "train", "evaluate", "register"]
+STAGES = ["ingest", "validate", "prepare", "train", "evaluate", "register", "gate"]
 
 
 def test_repro_produces_metrics_and_a_registered_champion(small_project):
@@ -53,6 +53,6 @@ def test_changed_train_param_reruns_only_train_and_after(small_project):
     set_params(small_project, {"train.lr": 0.004})
     out = run(["dvc", "repro"], small_project).stdout
     ran = [s for s in STAGES if f"Running stage '{s}'" in out]
-    assert ran == ["train", "evaluate", "register"], out
+    assert ran == ["train", "evaluate", "register", "gate"], out
     registered = json.loads((small_project / "reports" / "registered.json").read_text())
     assert registered["version"] == 2 and registered["alias"] == "challenger"

@@ -1,0 +1,252 @@
+"""Serving benchmark: this service vs `mlflow models serve` of the same registered version, side by side.
+
+Run in a project where `dvc repro` has run (it needs mlflow.db and a champion):
+
+    python bench/serving.py [--project .] [--requests 2000] [--seconds 8] [--out reports/bench_serving.json]
+
+Throughput and p50/p99 latency at concurrency 1, 8, 64 for 1-row and 100-row requests, on loopback, with a
+small keep-alive HTTP/1.1 client (raw asyncio sockets, so the client costs little CPU next to the servers).
+Each cell runs until `--requests` are done or `--seconds` pass, whichever is first."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (MiB)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            pids += [int(c) for c in children]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+async def _client(
+    host: str,
+    port: int,
+    payload: bytes,
+    path: str,
+    deadline: float,
+    budget: list[int],
+    latencies: list[float],
+    errors: list[str],
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode()
+    request = head + payload
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            t0 = time.perf_counter()
+            writer.write(request)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t0)
+            if b" 200 " not in status_line:
+                errors.append(status_line.decode(errors="replace").strip())
+    finally:
+        writer.close()
+
+
+async def load(port: int, path: str, payload: bytes, concurrency: int, requests: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    budget = [requests]
+    t0 = time.perf_counter()
+    await asyncio.gather(
+        *[
+            _client("127.0.0.1", port, payload, path, t0 + seconds, budget, latencies, errors)
+            for _ in range(concurrency)
+        ]
+    )
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(lat),
+        "errors": len(errors),
+        "seconds": round(wall, 3),
+        "rps": round(len(lat) / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+    }
+
+
+def wait_http(port: int, path: str, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing ready on port {port}{path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, default=Path("."))
+    ap.add_argument("--requests", type=int, default=2000, help="at most this many requests per cell")
+    ap.add_argument("--seconds", type=float, default=8.0, help="at most this long per cell")
+    ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--rows", default="1,100")
+    ap.add_argument("--out", type=Path, default=Path("reports/bench_serving.json"))
+    args = ap.parse_args(argv)
+    project = args.project.resolve()
+    sys.path.insert(0, str(project))
+    from tasks import registry, tracking
+    from tasks.config import load_params
+
+    os.chdir(project)
+    params = load_params("params.yaml")
+    name = params.register_.model_name
+    version = registry.alias_version(registry._client(), name, "champion")
+    meta = json.loads(next(registry.model_dir(name, version).rglob("artifacts/meta.json")).read_text())
+    test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
+    records = json.loads(test[meta["features"]].head(100).to_json(orient="records"))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=str(project), MLFLOW_TRACKING_URI=tracking.tracking_uri())
+    ours_port, mlflow_port = free_port(), free_port()
+    preds = tempfile.mkdtemp(prefix="bench-preds-")
+    overrides = {"serving": {**(params.extra.get("serving") or {}), "prediction_dir": preds}}
+    params_file = Path(tempfile.mkdtemp()) / "params.yaml"
+    import yaml
+
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw.update(overrides)
+    params_file.write_text(yaml.safe_dump(raw))
+    servers = {
+        "ours": (
+            subprocess.Popen(
+                [sys.executable, "-m", "serving", "--params", str(params_file), "--port", str(ours_port)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            ours_port,
+            "/predict",
+            lambda rows: {"rows": rows},
+            "/ready",
+        ),
+        "mlflow": (
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    f"models:/{name}/{version}",
+                    "--env-manager",
+                    "local",
+                    "--host",
+                    "127.0.0.1",
+                    "-p",
+                    str(mlflow_port),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            ),
+            mlflow_port,
+            "/invocations",
+            lambda rows: {"dataframe_records": rows},
+            "/ping",
+        ),
+    }
+    results: dict = {
+        "model": f"models:/{name}/{version}",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "limits": {"requests_per_cell": args.requests, "seconds_per_cell": args.seconds},
+        "cells": [],
+        "rss_mib": {},
+    }
+    try:
+        for label, (proc, port, _, _, ready) in servers.items():
+            wait_http(port, ready)
+            results["rss_mib"][f"{label}_idle"] = round(rss_mib(proc.pid), 1)
+        for n_rows in [int(x) for x in args.rows.split(",")]:
+            for conc in [int(x) for x in args.concurrency.split(",")]:
+                for label, (_proc, port, path, wrap, _) in servers.items():
+                    payload = json.dumps(wrap(records[:n_rows])).encode()
+                    asyncio.run(load(port, path, payload, min(conc, 8), 50, 10))  # warm-up
+                    cell = asyncio.run(load(port, path, payload, conc, args.requests, args.seconds))
+                    results["cells"].append({"server": label, "rows": n_rows, "concurrency": conc, **cell})
+                    print(
+                        f"{label:6} rows={n_rows:<3} c={conc:<2} {cell['rps']:>8} req/s  p50 {cell['p50_ms']:>8} ms  "
+                        f"p99 {cell['p99_ms']:>8} ms  errors {cell['errors']}",
+                        flush=True,
+                    )
+        for label, (proc, *_rest) in servers.items():
+            results["rss_mib"][f"{label}_after_load"] = round(rss_mib(proc.pid), 1)
+    finally:
+        for label, (proc, *_rest) in servers.items():
+            try:
+                if label == "mlflow":
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=30)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                proc.kill()
+    by = {(c["server"], c["rows"], c["concurrency"]): c for c in results["cells"]}
+    results["ratios"] = [
+        {
+            "rows": r,
+            "concurrency": c,
+            "throughput_x": round(by["ours", r, c]["rps"] / by["mlflow", r, c]["rps"], 2),
+            "p99_fraction": round(by["ours", r, c]["p99_ms"] / by["mlflow", r, c]["p99_ms"], 3),
+        }
+        for (s, r, c) in by
+        if s == "ours" and ("mlflow", r, c) in by
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(json.dumps({"ratios": results["ratios"], "rss_mib": results["rss_mib"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The online service (FastAPI): serves models:/<name>@champion and follows the alias."""
