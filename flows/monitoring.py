@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 
 from monitoring import alerts, drift, policy, report
 from monitoring.config import monitoring_cfg, policy_cfg
+from serving.predlog import read_predictions
 from tasks import paths
 from tasks.config import DataCfg, Params, load_params
 
@@ -79,7 +80,7 @@ def load_window(
         frame = read_table(Path(batch))
         times = pd.to_datetime(frame[params.data.time_column])
         return frame, Path(batch).stem, times.min(), times.max()
-    frame = drift.read_predictions(predictions, since, until)
+    frame = read_predictions(predictions, since, until)
     if frame.empty:
         return frame, "", pd.NaT, pd.NaT
     start = pd.Timestamp(since) if since is not None else frame["ts"].min()

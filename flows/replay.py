@@ -29,7 +29,7 @@ from flows.training import TrainingParams, training
 from flows.workspace import clone_workspace, make_workspace
 from monitoring import alerts
 from monitoring.config import monitoring_cfg, policy_cfg
-from monitoring.drift import build_reference, read_predictions, summarize_window
+from monitoring.drift import build_reference, summarize_window
 from monitoring.policy import PolicyState, advance, decide
 from monitoring.replay import (
     ReplayCfg,
@@ -43,6 +43,7 @@ from monitoring.replay import (
 )
 from monitoring.report import quarantine_window
 from serving.config import serving_cfg
+from serving.predlog import read_predictions
 from tasks import paths, tracking
 from tasks.config import Params, load_params
 from tasks.evaluate import classification_metrics
@@ -169,7 +170,7 @@ def replay_policy(
             current = apply_scenario(rows_in(stream, data.time_column, w.start, w.end), w.window_id, rcfg)
             served_since = pd.Timestamp.now(tz="UTC")
             scores, version = svc.score(current, columns, rcfg.request_rows)
-            logged = read_predictions(svc.predictions, start=served_since)
+            logged = read_predictions(svc.predictions, since=served_since)
             # what production knows at the window's end: labels older than the delay
             recent = stream[
                 (stream[data.time_column] >= w.start - pd.Timedelta(days=rcfg.window_days * 2))

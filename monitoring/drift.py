@@ -8,10 +8,8 @@ report is built separately (`drift_report`) because its plot rendering alone cos
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -20,8 +18,6 @@ from pydantic import BaseModel, ConfigDict
 
 from monitoring.config import MonitoringCfg
 from tasks.config import DataCfg
-
-PREDICTION_COLUMNS = ("request_id", "ts", "model_version", "score", "label_pred")
 
 
 class _Out(BaseModel):
@@ -417,33 +413,3 @@ def report_values(snapshot) -> dict[str, float]:
 def _utc(value: datetime | pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def read_predictions(
-    root: Path | str,
-    start: datetime | pd.Timestamp | None = None,
-    end: datetime | pd.Timestamp | None = None,
-) -> pd.DataFrame:
-    """Logged predictions with `start < ts <= end` (UTC; either bound may be open)."""
-    root = Path(root)
-    lo, hi = (_utc(x) if x is not None else None for x in (start, end))
-    parts = []
-    for folder in sorted(root.glob("date=*")):
-        try:
-            day = date.fromisoformat(folder.name.removeprefix("date="))
-        except ValueError:
-            continue
-        if (lo is not None and day < lo.date()) or (hi is not None and day > hi.date()):
-            continue
-        parts += [pd.read_parquet(f) for f in sorted(glob.glob(str(folder / "part-*.parquet")))]
-    if not parts:
-        return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
-    frame = pd.concat(parts, ignore_index=True)
-    ts = pd.to_datetime(frame["ts"], utc=True)
-    keep = pd.Series(True, index=frame.index)
-    if lo is not None:
-        keep &= ts > lo
-    if hi is not None:
-        keep &= ts <= hi
-    frame["ts"] = ts
-    return frame[keep].sort_values("ts", kind="stable").reset_index(drop=True)
