@@ -85,9 +85,7 @@ def report_table(report: BatchReport) -> list[dict[str, Any]]:
 
 
 @flow(name="ingest", log_prints=True)
-def ingest(
-    month: str | None = None, path: str | None = None, project_dir: str | None = None
-) -> dict[str, Any]:
+def ingest(month: str | None = None, path: str | None = None, project_dir: str | None = None) -> dict[str, Any]:
     """Validate one new batch and version it with DVC; a rejected batch fails the run and is quarantined."""
     logger = get_run_logger()
     project = Path(project_dir or os.getcwd()).resolve()
