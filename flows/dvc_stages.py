@@ -35,7 +35,13 @@ def stage_order(project: Path) -> list[str]:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         position = {stage: i for i, stage in enumerate(graph.nodes)}
         ordered = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: position[s])
-        return [stage.addressing for stage in ordered]
+        return [_stage_id(project, stage) for stage in ordered]
+
+
+def _stage_id(project: Path, stage) -> str:  # noqa: ANN001 - a dvc Stage
+    """How `dvc repro` run in `project` names the stage: `name`, or `sub/dvc.yaml:name` for nested files."""
+    dvcfile = Path(stage.dvcfile.path).resolve().relative_to(project.resolve())
+    return stage.name if dvcfile == Path("dvc.yaml") else f"{dvcfile}:{stage.name}"
 
 
 def stage_changed(project: Path, stage: str) -> bool:
@@ -43,7 +49,9 @@ def stage_changed(project: Path, stage: str) -> bool:
     from dvc.repo import Repo
 
     with Repo(str(project)) as repo:
-        return bool(repo.status(targets=[stage], with_deps=False))
+        # an absolute target: DVC resolves relative ones against the process cwd, not the repo
+        target = str(project.resolve() / stage) if ":" in stage else f"{project.resolve() / 'dvc.yaml'}:{stage}"
+        return bool(repo.status(targets=[target], with_deps=False))
 
 
 def stage_env(project: Path, extra_tags: dict[str, str] | None = None) -> dict[str, str]:
