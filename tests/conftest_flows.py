@@ -40,20 +40,13 @@ def task_runs(flow_run_id: UUID) -> list:
 
 
 def artifacts(flow_run_id: UUID) -> dict[str, object]:
+    """Artifacts of a flow run by key -> data (the sync client's read_artifacts sends filters the API refuses)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
-            flow_run_filter=FlowRunFilter(),  # the sync client sends None for these, which the API refuses
-            task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=50,
-            offset=0,
-        )
-    return {a.key: a for a in found}
+        body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}}
+        found = client.request("POST", "/artifacts/filter", json=body).json()
+    return {a["key"]: a["data"] for a in found}
 
 
 def flow_run(flow_run_id: UUID):

@@ -87,7 +87,7 @@ def test_training_flow_runs_every_stage_as_a_task_through_dvc(trained):
     assert mlrun.data.params["train.max_epochs"] == "3"
     assert int(client.get_model_version_by_alias("flight-delay", registered["alias"]).version) == 1
 
-    shown = artifacts(run_id)["training-summary"].data
+    shown = artifacts(run_id)["training-summary"]
     assert summary["mlflow_run_id"] in shown and "roc_auc" in shown and "@champion" in shown
     assert f"mlflow_run_id:{summary['mlflow_run_id']}" in flow_run(run_id).tags
 
@@ -198,7 +198,7 @@ def test_ingest_of_a_corrupt_batch_fails_with_report_and_leaves_data_untouched(t
     state, run_id = run_ingest(project, path=str(bad))
     assert state.is_failed() and "REJECTED" in state.message and "carrier" in state.message
     table = artifacts(run_id)["batch-validation"]
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    rows = json.loads(table) if isinstance(table, str) else table
     assert {"carrier", "dep_time"} <= {r["column"] for r in rows} and "???" in json.dumps(rows)
     report = json.loads((project / "data" / "quarantine" / "may-bad" / "report.json").read_text())
     assert report["ok"] is False and (project / "data" / "quarantine" / "may-bad" / "may-bad.csv").exists()
