@@ -35,6 +35,7 @@ def timed_repro(project: Path, lr: float) -> float:
 def timed_flow(project: Path, lr: float) -> tuple[float, dict]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.sorting import TaskRunSort
 
     from flows.training import TrainingParams, training
 
@@ -46,7 +47,11 @@ def timed_flow(project: Path, lr: float) -> tuple[float, dict]:
         raise SystemExit(f"flow skipped train: {summary['stages']}")
     run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])))
+        tasks = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
+        )
     per_task = {t.name: t.total_run_time.total_seconds() for t in tasks}
     return wall, {"stages": summary["stages"], "task_seconds": per_task}
 
