@@ -223,3 +223,22 @@ def test_validation_failure_inside_the_pipeline_fails_the_stage_without_retries(
     assert tasks["validate"].state.is_failed() and tasks["validate"].run_count == 1
     assert tree_digest(project / "data" / "validated") == validated
     assert (project / "data" / "quarantine" / "2013-08" / "report.json").exists()
+
+
+def test_a_stage_appended_to_dvc_yaml_is_picked_up_and_its_gate_decision_shown(tmp_path):
+    """Another engineer appends `gate` after `register`: the flow's stage list follows dvc.yaml."""
+    from flows.dvc_stages import stage_order
+    from flows.training import summary_markdown
+
+    project = tmp_path / "p"
+    project.mkdir()
+    run(["dvc", "init", "-q", "--no-scm"], project)
+    stages = yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())
+    stages["stages"] = {"gate": {"cmd": "python -m tasks.gate", "deps": ["reports/registered.json"]}} | stages["stages"]
+    (project / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))  # written first, runs last
+    assert stage_order(project) == [*STAGES, "gate"]
+
+    shown = summary_markdown(
+        {"stages": {s: "ran" for s in [*STAGES, "gate"]}, "gate": {"decision": "promote", "reason": "auc +0.01"}}
+    )
+    assert "| gate | ran |" in shown and "decision: **promote**" in shown
