@@ -1,0 +1,81 @@
+"""Prefect pieces shared by the flows: the one task that runs a DVC stage, and local-mode settings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows import dvc_stages
+from flows.dvc_stages import RAN, SKIPPED, StageFailed
+
+__all__ = ["RAN", "SKIPPED", "StageFailed", "run_stage", "flow_run_tags", "local_prefect"]
+
+
+def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
+    """Retry a failed stage unless it rejected data (a validation failure fails the same way again)."""
+    exc = state.result(raise_on_failure=False)
+    return not (isinstance(exc, StageFailed) and exc.validation)
+
+
+@task(
+    name="dvc-stage",
+    task_run_name="{stage}",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
+)
+def run_stage(stage: str, project_dir: str, extra_tags: dict[str, str] | None = None) -> str:
+    """Run one dvc.yaml stage through DVC (`dvc repro --single-item`); unchanged stages are skipped."""
+    logger = get_run_logger()
+    project = Path(project_dir)
+    if not dvc_stages.stage_changed(project, stage):
+        logger.info("stage %s: %s", stage, SKIPPED)
+        return SKIPPED
+    env = dvc_stages.stage_env(project, extra_tags)
+    outcome = dvc_stages.repro_stage(project, stage, env, on_line=lambda line: logger.info("%s", line))
+    logger.info("stage %s: %s", stage, outcome)
+    return outcome
+
+
+def flow_run_tags() -> dict[str, str]:
+    """Tags that lead from an MLflow run back to the Prefect flow run that produced it."""
+    tags = {}
+    if flow_run.id:
+        tags["prefect_flow_run_id"] = str(flow_run.id)
+        tags["prefect_flow_run_name"] = str(flow_run.name)
+    return tags
+
+
+def add_flow_run_tags(*tags: str) -> None:
+    """Show extra tags (e.g. the MLflow run id) on the current flow run in the UI; best effort."""
+    from prefect.client.orchestration import get_client
+
+    if not flow_run.id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(flow_run.id).tags or []
+            client.update_flow_run(flow_run.id, tags=sorted(set(current) | set(tags)))
+    except Exception as exc:  # the run itself succeeded; a tag is cosmetic
+        get_run_logger().warning("could not tag the flow run: %s", exc)
+
+
+@contextlib.contextmanager
+def local_prefect(project: Path) -> Iterator[None]:
+    """For CLI entry points: telemetry off and, without PREFECT_HOME, the project's .prefect database
+    (the one `make ui` shows). With PREFECT_API_URL set, runs go to that server instead."""
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    updates: dict = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    if "PREFECT_HOME" not in os.environ:
+        updates[PREFECT_HOME] = project / ".prefect"
+    with temporary_settings(updates=updates):
+        yield

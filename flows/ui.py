@@ -1,0 +1,104 @@
+"""`make ui`: Prefect server (UI :4200), MLflow UI (:5000) and the deployment runner, on 127.0.0.1.
+
+Ctrl-C (or SIGTERM) stops all three: each child is terminated, waited for, and killed if it lingers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
+
+
+def stop(procs: list[subprocess.Popen], grace: float = 15) -> None:
+    """SIGTERM each child's process group (servers have workers), wait, then SIGKILL what is left."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--project-dir", default=".", type=Path)
+    ap.add_argument("--prefect-port", type=int, default=4200)
+    ap.add_argument("--mlflow-port", type=int, default=5000)
+    args = ap.parse_args(argv)
+    project = args.project_dir.resolve()
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ)
+    env.setdefault("PREFECT_HOME", str(project / ".prefect"))  # the database embedded runs wrote to
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    api = f"http://{HOST}:{args.prefect_port}/api"
+    mlflow_url = f"http://{HOST}:{args.mlflow_port}"
+    db = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}"
+
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, cwd=project, env={**env, **(extra_env or {})}, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell that starts us in the background hands us SIGINT ignored
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server = start([str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(args.prefect_port)])
+        artifacts = str(project / "mlartifacts")
+        mlflow_opts = ["--backend-store-uri", db, "--default-artifact-root", artifacts, "--workers", "1"]
+        start([str(bin_dir / "mlflow"), "ui", *mlflow_opts, "--host", HOST, "--port", str(args.mlflow_port)])
+        wait_healthy(f"{api}/health", server)
+        start(
+            [sys.executable, "-m", "flows.deploy", "--project-dir", str(project)],
+            {"PREFECT_API_URL": api, "MLFLOW_UI_URL": mlflow_url, "PYTHONPATH": str(project)},
+        )
+        print(f"\nPrefect UI  http://{HOST}:{args.prefect_port}\nMLflow UI   {mlflow_url}\nCtrl-C stops all\n")
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        failed = [p.args[:3] for p in procs if p.poll() is not None]
+        print(f"ui: {failed} exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nui: stopping ...", file=sys.stderr)
+        return 0
+    finally:
+        stop(procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Fixtures for the flow tests (loaded with `pytest_plugins`): one Prefect test harness per session,
+helpers that read back what a flow run left in the Prefect API."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect API (its own database and home) for every flow test; telemetry off."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+def task_runs(flow_run_id: UUID) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
+        )
+    return sorted(runs, key=lambda r: r.expected_start_time or r.created)
+
+
+def artifacts(flow_run_id: UUID) -> dict[str, object]:
+    """Artifacts of a flow run by key -> data (the sync client's read_artifacts sends filters the API refuses)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}}
+        found = client.request("POST", "/artifacts/filter", json=body).json()
+    return {a["key"]: a["data"] for a in found}
+
+
+def flow_run(flow_run_id: UUID):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def tree_digest(folder: Path) -> str:
+    """Content hash of a folder (names and bytes), to prove data was left untouched."""
+    digest = hashlib.md5()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
