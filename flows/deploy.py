@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,32 @@ DEPLOYMENTS: list[tuple[str, dict[str, Any]]] = [
             "tags": ["data"],
         },
     ),
+    (
+        "flows.retraining:retraining",
+        {
+            "description": "newly labelled data -> new DVC data version -> training -> gate -> service reload; "
+            "run by the 'retrain on drift' automation",
+            "tags": ["pipeline", "loop"],
+        },
+    ),
+    (
+        "flows.monitoring:monitoring",
+        {
+            "description": "drift, quality and performance of what the service logged since the last run",
+            "schedules": [Cron("0 * * * *", timezone="UTC", active=False)],  # hourly, off by default
+            "tags": ["monitoring", "loop"],
+        },
+    ),
+    ("flows.rollback:rollback_flow", {"description": "put the previous champion back live", "tags": ["registry"]}),
+    (
+        "flows.batch_score:batch_score_flow",
+        {
+            "description": "score a whole file or month with the champion (not through HTTP)",
+            "parameters": {"source": "data/prepared/test.parquet"},
+            "tags": ["serving"],
+        },
+    ),
+    ("flows.replay:replay", {"description": "replay 2013 under each retraining policy", "tags": ["loop"]}),
 ]
 
 
@@ -47,9 +74,19 @@ def deployments(project_dir: Path) -> list:
     for target, options in DEPLOYMENTS:
         fl = load_flow(target)
         opts = dict(options)
-        parameters = {**opts.pop("parameters", {}), "project_dir": str(project_dir)}
+        parameters = dict(opts.pop("parameters", {}))
+        if "project_dir" in inspect.signature(fl.fn).parameters:
+            parameters["project_dir"] = str(project_dir)
         built.append(fl.to_deployment(name=fl.name, parameters=parameters, **opts))
     return built
+
+
+def deployment_id_for(flow_name: str, project_dir: str | Path):
+    """Register (apply) one deployment by flow name without serving it; returns its id."""
+    for deployment in deployments(Path(project_dir)):
+        if deployment.flow_name == flow_name:
+            return deployment.apply()
+    raise KeyError(f"no deployment for flow {flow_name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=1, help="flow runs at once (the pipeline shares one dvc.lock)")
     args = ap.parse_args(argv)
     # Runs go to PREFECT_API_URL (`make ui` points it at the local server); serving needs a server.
-    serve(*deployments(args.project_dir.resolve()), limit=args.limit)
+    project = args.project_dir.resolve()
+    # the automation that closes the loop: a drift/performance event runs the retraining deployment
+    from monitoring.alerts import ensure_retrain_automation
+
+    ensure_retrain_automation(deployment_id_for("retraining", project))
+    serve(*deployments(project), limit=args.limit)
 
 
 if __name__ == "__main__":

@@ -96,12 +96,14 @@ class Service:
                 "poll_seconds": 3600.0,
                 "max_batch_rows": 10_000,
                 "max_body_bytes": 64 * 1024 * 1024,
+                "flush_seconds": 0.2,  # the replay reads the log right after each window
             }
         )
         self.app = create_app(cfg, model_name, cache=workspace / ".serving-cache")
         token = os.environ.get("SERVING_TOKEN")
         self.client = TestClient(self.app, headers={"Authorization": f"Bearer {token}"} if token else None)
         self.predictions = cfg.prediction_dir
+        self.sent = 0
 
     def __enter__(self) -> Service:
         self.client.__enter__()
@@ -130,7 +132,14 @@ class Service:
             out = r.json()
             scores += [p["probability"] for p in out["predictions"]]
             version = out["model_version"]
-        self.app.state.predlog.flush()
+        self.sent += len(rows)
+        log = self.app.state.predlog
+        for _ in range(300):  # the log is written off the request path; wait until it has caught up
+            if log.rows_written + log.errors >= self.sent:
+                break
+            time.sleep(0.05)
+        else:
+            raise TimeoutError(f"prediction log wrote {log.rows_written} of {self.sent} rows")
         return np.asarray(scores), int(version)
 
     def reload(self) -> dict:

@@ -122,3 +122,16 @@ def weather_tiny(flights_tiny) -> pd.DataFrame:
 @pytest.fixture
 def planes_tiny() -> pd.DataFrame:
     return pd.DataFrame({"tailnum": ["N14228", "N619AA"], "year": [1999.0, 2004.0], "seats": [149, 178]})
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect API (its own database and home) for every flow test; telemetry off."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield

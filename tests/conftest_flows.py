@@ -1,28 +1,11 @@
-"""Fixtures for the flow tests (loaded with `pytest_plugins`): one Prefect test harness per session,
-helpers that read back what a flow run left in the Prefect API."""
+"""Helpers for the flow tests: read back what a flow run left in the Prefect API."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 from pathlib import Path
 from uuid import UUID
-
-import pytest
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    """One temporary Prefect API (its own database and home) for every flow test; telemetry off."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
 
 
 def task_runs(flow_run_id: UUID) -> list:

@@ -14,7 +14,6 @@ import yaml
 from tests.conftest import make_project, project_env, run
 from tests.conftest_flows import artifacts, flow_run, task_runs, tree_digest
 
-pytest_plugins = ["tests.conftest_flows"]
 pytestmark = [pytest.mark.smoke, pytest.mark.usefixtures("prefect_harness")]
 STAGES = list(yaml.safe_load(Path(__file__).resolve().parent.parent.joinpath("dvc.yaml").read_text())["stages"])
 

@@ -17,7 +17,6 @@ import pytest
 from tests.conftest import make_project, project_env
 from tests.conftest_flows import free_port
 
-pytest_plugins = ["tests.conftest_flows"]
 pytestmark = pytest.mark.integration
 
 

@@ -205,15 +205,12 @@ def test_summary_matches_the_evidently_report(reference, tmp_path):
     assert "temp" in (tmp_path / "r.html").read_text()
 
 
-# ---- Prefect: events, automation, the flow (one ephemeral API for the module) ----
+# ---- Prefect: events, automation, the flow (the session-wide test harness) ----
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def prefect_api(prefect_harness):
+    yield
 
 
 def read_events(name: str, window_id: str, timeout: float = 30.0):

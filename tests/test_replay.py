@@ -121,12 +121,17 @@ def test_retrain_went_through_dvc_gate_and_the_service(replayed):
 def test_the_event_ran_the_retraining_deployment_through_the_automation(replayed):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
 
     _, _, _, deployment = replayed
     runs = []
     for _ in range(60):  # the automation acts asynchronously
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])))
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=50,
+            )
         if runs:
             break
         time.sleep(1)
