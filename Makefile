@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 export GIT_PYTHON_REFRESH ?= quiet
 TORCH ?= torch==2.13.0
 
-.PHONY: help install demo pipeline test lint format ui serve bench clean
+.PHONY: help install demo pipeline replay test test-fast lint format ui serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift clean
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -24,15 +24,55 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install (CPU torch unless one is installed already)
 
-demo: install ## the main job: the full pipeline on the default data (dvc repro)
+demo: install ## the main job: the pipeline on the default data, then the replay of 2013 under each policy
 	dvc repro
-	@echo; dvc metrics show; echo; cat reports/registered.json; echo
+	@echo; dvc metrics show; echo
+	$(PY) -m flows.replay
+	@echo; echo "Replay: reports/replay/ (summary.csv, windows.csv, replay.png, replay.html); runs: make ui"
+
+replay: install ## only the replay (python -m flows.replay; QUICK=1 for a tiny one)
+	$(PY) -m flows.replay $(if $(QUICK),--quick,)
 
 pipeline: install ## dvc repro
 	dvc repro
 
 test: install ## run the tests
 	$(PY) -m pytest -q
+
+test-fast: install ## unit tests only (no pipeline runs, no servers)
+	$(PY) -m pytest -q -m "not smoke and not integration"
+
+ui: install ## Prefect UI :4200 + MLflow UI :5000 + flow deployments ("Run" in the UI); Ctrl-C stops all
+	$(PY) -m flows.ui
+
+serve: install ## the online service on 127.0.0.1:8000, following models:/flight-delay@champion
+	$(PY) -m serving
+
+flow: install ## the training flow once on the local Prefect API, e.g. make flow ARGS="--max-epochs 3"
+	$(PY) -m flows.training $(ARGS)
+
+history: install ## champion history: promotions, refusals, rollbacks
+	$(PY) -m tasks.registry history
+
+rollback: install ## put the previous champion back live
+	$(PY) -m tasks.registry rollback
+
+bench: bench-train bench-dvc bench-flow bench-serving bench-drift ## every benchmark (numbers in reports/bench_*.json)
+
+bench-train: install ## Lightning vs a raw PyTorch loop (after dvc repro)
+	$(PY) -m bench.train_throughput
+
+bench-dvc: install ## dvc repro from scratch and no-op
+	$(PY) -m bench.dvc_repro
+
+bench-flow: install ## training flow vs dvc repro of the same changed stages
+	$(PY) -m bench.flow_overhead
+
+bench-serving: install ## the service vs `mlflow models serve` (after dvc repro)
+	$(PY) -m bench.serving --project .
+
+bench-drift: install ## drift computation per window at 1x, 4x, 10x a month (after dvc repro)
+	$(PY) -m bench.drift
 
 lint: install ## ruff
 	ruff check . && ruff format --check .
