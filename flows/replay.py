@@ -234,16 +234,21 @@ def replay_policy(
                 batch.parent.mkdir(parents=True, exist_ok=True)
                 new.to_parquet(batch, index=False)
                 t0 = time.perf_counter()
-                result = retraining(
-                    labelled_path=str(batch),
-                    horizon=str(horizon),
-                    training_months=pcfg.training_months if pcfg.training_window == "sliding" else None,
-                    valid_days=rcfg.valid_days,
-                    test_days=rcfg.test_days,
-                    first_day=rcfg.first_day,
-                    overrides=rcfg.train,
-                    project_dir=str(workspace),
-                )
+                try:
+                    result = retraining(
+                        labelled_path=str(batch),
+                        horizon=str(horizon),
+                        training_months=pcfg.training_months if pcfg.training_window == "sliding" else None,
+                        valid_days=rcfg.valid_days,
+                        test_days=rcfg.test_days,
+                        first_day=rcfg.first_day,
+                        overrides=rcfg.train,
+                        project_dir=str(workspace),
+                    )
+                except Exception as exc:  # a failed retrain keeps the champion live, as in production
+                    logger.error("%s %s: retraining failed, champion unchanged: %s", policy, w.window_id, exc)
+                    result = {"promoted": False, "gate": {"reason": f"retraining failed: {exc}"[:300]}}
+                    row["reasons"] += f"; retraining failed: {exc}"[:300]
                 ingested_until = horizon
                 row.update(retrained=True, promoted=result["promoted"], train_seconds=time.perf_counter() - t0)
                 if result["promoted"]:
