@@ -226,7 +226,8 @@ def test_validation_failure_inside_the_pipeline_fails_the_stage_without_retries(
 
 
 def test_a_stage_appended_to_dvc_yaml_is_picked_up_and_its_gate_decision_shown(tmp_path):
-    """Another engineer appends `gate` after `register`: the flow's stage list follows dvc.yaml."""
+    """A stage added to dvc.yaml (written first, depending on the last output) runs last: the flow's
+    stage list follows dvc.yaml's graph."""
     from flows.dvc_stages import stage_order
     from flows.training import summary_markdown
 
@@ -234,11 +235,11 @@ def test_a_stage_appended_to_dvc_yaml_is_picked_up_and_its_gate_decision_shown(t
     project.mkdir()
     run(["dvc", "init", "-q", "--no-scm"], project)
     stages = yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())
-    stages["stages"] = {"gate": {"cmd": "python -m tasks.gate", "deps": ["reports/registered.json"]}} | stages["stages"]
+    stages["stages"] = {"audit": {"cmd": "python -c pass", "deps": ["reports/gate.json"]}} | stages["stages"]
     (project / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))  # written first, runs last
-    assert stage_order(project) == [*STAGES, "gate"]
+    assert STAGES[-1] == "gate" and stage_order(project) == [*STAGES, "audit"]
 
     shown = summary_markdown(
-        {"stages": {s: "ran" for s in [*STAGES, "gate"]}, "gate": {"decision": "promote", "reason": "auc +0.01"}}
+        {"stages": {s: "ran" for s in STAGES}, "gate": {"decision": "promote", "reason": "auc +0.01"}}
     )
     assert "| gate | ran |" in shown and "decision: **promote**" in shown
