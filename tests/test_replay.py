@@ -59,7 +59,7 @@ def replayed(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("PATH", "PYTHONPATH")}
     os.environ.update(PATH=env["PATH"], PYTHONPATH=env["PYTHONPATH"])
     deployment = deployment_id_for("retraining", str(project))
-    alerts.ensure_retrain_automation(str(deployment), model_name=MODEL)
+    alerts.ensure_retrain_automation(str(deployment), model_name=MODEL, name="retrain on drift (replay test)")
     try:
         result = replay(project_dir=str(project))
     finally:
