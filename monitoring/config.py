@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.config import Params, ParamsError
+from tasks.config import Params, ParamsError, parse_section
 
 
 class _Frozen(BaseModel):
@@ -65,16 +65,8 @@ class PolicyCfg(_Frozen):
         return self
 
 
-def _parse(model: type[BaseModel], raw: Any, section: str) -> Any:
-    try:
-        return model(**(raw or {}))
-    except ValidationError as exc:
-        lines = [f"  {section}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
-
-
 def monitoring_cfg(params: Params) -> MonitoringCfg:
-    cfg = _parse(MonitoringCfg, params.extra.get("monitoring"), "monitoring")
+    cfg = parse_section(MonitoringCfg, params.extra.get("monitoring"), "monitoring")
     unknown = set(cfg.exclude_features) - set(params.data.features)
     if unknown:
         raise ParamsError(f"monitoring.exclude_features names no feature: {sorted(unknown)}")
@@ -82,4 +74,4 @@ def monitoring_cfg(params: Params) -> MonitoringCfg:
 
 
 def policy_cfg(params: Params) -> PolicyCfg:
-    return _parse(PolicyCfg, params.extra.get("policy"), "policy")
+    return parse_section(PolicyCfg, params.extra.get("policy"), "policy")

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.config import Params, ParamsError
+from tasks.config import Params, parse_section
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,7 @@ def replay_cfg(params: Params, quick: bool = False) -> ReplayCfg:
     raw = dict(params.extra.get("replay") or {})
     if quick:
         raw = {**raw, **raw.get("quick", {})}
-    try:
-        return ReplayCfg(**raw)
-    except ValidationError as exc:
-        lines = [f"  replay.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
+    return parse_section(ReplayCfg, raw, "replay")
 
 
 def policy_summary(table: pd.DataFrame, since: str | None = None) -> pd.DataFrame:

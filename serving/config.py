@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.config import Params, ParamsError
+from tasks.config import Params, parse_section
 
 
 class ServingCfg(BaseModel):
@@ -26,8 +26,4 @@ class ServingCfg(BaseModel):
 
 def serving_cfg(params: Params) -> ServingCfg:
     """Validate `params.extra['serving']`; unknown keys are refused with their name."""
-    try:
-        return ServingCfg(**(params.extra.get("serving") or {}))
-    except ValidationError as exc:
-        lines = [f"  serving.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
+    return parse_section(ServingCfg, params.extra.get("serving"), "serving")

@@ -201,6 +201,15 @@ def parse_params(raw: dict[str, Any]) -> Params:
         raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
 
 
+def parse_section(model: type[BaseModel], raw: Any, section: str) -> Any:
+    """Validate one top-level section owned by another component; the error names each bad key path."""
+    try:
+        return model(**(raw or {}))
+    except ValidationError as exc:
+        lines = [f"  {section}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
+
+
 def load_params(path: Path | str = paths.PARAMS, overrides: dict[str, Any] | None = None) -> Params:
     """Read params.yaml once, apply dotted-key overrides (`{"train.lr": 0.01}`), validate."""
     raw = yaml.safe_load(Path(path).read_text()) or {}

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks import paths
-from tasks.config import ParamsError, load_params
+from tasks.config import load_params, parse_section
 from tasks.evaluate import classification_metrics
 
 HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "brier": False, "log_loss": False}
@@ -39,11 +39,7 @@ class GateCfg(BaseModel):
 
 def gate_cfg(extra: dict[str, Any]) -> GateCfg:
     """Validate `params.extra['gate']`; unknown keys are refused with their name."""
-    try:
-        return GateCfg(**(extra.get("gate") or {}))
-    except ValidationError as exc:
-        lines = [f"  gate.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
+    return parse_section(GateCfg, extra.get("gate"), "gate")
 
 
 @dataclass(frozen=True)
