@@ -78,14 +78,3 @@ def fit(
     trainer.fit(module, datamodule=data)
     best = TabularClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
     return best.eval(), history.rows
-
-
-@torch.no_grad()
-def predict_proba(module: TabularClassifier, codes: np.ndarray, nums: np.ndarray, batch: int = 65536) -> np.ndarray:
-    """Delay probabilities on CPU in large slices (inference needs no Trainer)."""
-    module = module.eval().cpu()
-    x_cat, x_num = torch.as_tensor(codes, dtype=torch.long), torch.as_tensor(nums, dtype=torch.float32)
-    out = [
-        torch.sigmoid(module(x_cat[i : i + batch], x_num[i : i + batch]).float()) for i in range(0, len(codes), batch)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

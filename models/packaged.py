@@ -31,6 +31,15 @@ def load_module(path: Path | str) -> TabularNet:
     return net.eval()
 
 
+@torch.no_grad()
+def predict_proba(net: torch.nn.Module, codes: np.ndarray, nums: np.ndarray, batch: int = 65536) -> np.ndarray:
+    """Delay probabilities on CPU in large slices (inference needs neither a Trainer nor Lightning)."""
+    net = net.eval().cpu()
+    x_cat, x_num = torch.as_tensor(codes, dtype=torch.long), torch.as_tensor(nums, dtype=torch.float32)
+    out = [torch.sigmoid(net(x_cat[i : i + batch], x_num[i : i + batch]).float()) for i in range(0, len(codes), batch)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
 class Scorer:
     """Preprocessor + network; scores a DataFrame of raw feature columns."""
 

@@ -213,8 +213,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import mlflow
 
-    from models.fit import predict_proba
-    from models.packaged import load_module
+    from models.packaged import load_module, predict_proba
 
     frames, pre = read_prepared(args.prepared)
     module = load_module(args.model / "model.pt")
