@@ -12,10 +12,12 @@ stages, the gate decides, and the service follows the new champion.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -345,14 +347,24 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
     setup_seconds = time.perf_counter() - t0
     logger.info("initial champion %s v%s trained in %.0fs", base_name, base_version, setup_seconds)
 
-    rows: list[dict[str, Any]] = []
+    spaces = {}
+    for policy in chosen:
+        name = f"{params.register_.model_name}-replay-{policy}"
+        spaces[policy] = clone_workspace(base, work / policy, {"register.model_name": name})
+        register_copy(base_name, base_version, name)
     n_windows = len(windows(rcfg.start, rcfg.end, rcfg.window_days))
+    workers = min(rcfg.workers, len(chosen))
+    logger.info("replaying %d policies, %d at a time", len(chosen), workers)
     with tqdm(total=n_windows * len(chosen), desc="replay", unit="window") as progress:
-        for policy in chosen:
-            name = f"{params.register_.model_name}-replay-{policy}"
-            ws = clone_workspace(base, work / policy, {"register.model_name": name})
-            register_copy(base_name, base_version, name)
-            rows += replay_policy(policy, ws, params, rcfg, stream, raw, progress)
+        # each policy has its own workspace, service and model name; the stages run as processes, so
+        # policies overlap well even on 2 cores. Each thread gets a copy of the flow run's context.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") as pool:
+            futures = {}
+            for p in chosen:
+                context = contextvars.copy_context()  # taken here, in the flow's thread
+                args = (p, spaces[p], params, rcfg, stream, raw, progress)
+                futures[p] = pool.submit(context.run, replay_policy, *args)
+            rows = [row for p in chosen for row in futures[p].result()]
 
     table = pd.DataFrame(rows)
     summary = policy_summary(table)
@@ -372,6 +384,7 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
         "quick": quick,
         "policies": chosen,
         "windows": n_windows,
+        "workers": workers,
         "seconds": round(total_seconds, 1),
         "initial_training_seconds": round(setup_seconds, 1),
         "summary": summary.to_dict("records"),
@@ -389,6 +402,7 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
                 "quick": quick,
                 "policies": ",".join(chosen),
                 "window_days": rcfg.window_days,
+                "workers": workers,
                 "start": rcfg.start,
                 "end": rcfg.end,
             }

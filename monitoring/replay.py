@@ -102,6 +102,7 @@ class ReplayCfg(BaseModel):
     test_days: int = Field(7, ge=1)  # ... the most recent labelled week, on which the gate decides
     tune_until: str = "2013-09-30"  # policies were tuned on windows ending by then; later ones are held out
     request_rows: int = Field(1000, ge=1)  # rows per /predict request
+    workers: int = Field(1, ge=1)  # policies replayed at once (each in its own workspace and service)
     train: dict[str, Any] = Field(default_factory=dict)  # params overrides for every (re)training
     policies: dict[str, dict[str, Any]]  # name -> overrides of the `policy:` section
     scenarios: tuple[Scenario, ...] = ()  # what-ifs planted in the stream (tests, policy drills)
