@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,8 +40,9 @@ def run_stage(stage: str, project_dir: str, extra_tags: dict[str, str] | None = 
         logger.info("stage %s: %s", stage, SKIPPED)
         return SKIPPED
     env = dvc_stages.stage_env(project, extra_tags)
+    started = time.perf_counter()
     outcome = dvc_stages.repro_stage(project, stage, env, on_line=lambda line: logger.info("%s", line))
-    logger.info("stage %s: %s", stage, outcome)
+    logger.info("stage %s: %s in %.1fs", stage, outcome, time.perf_counter() - started)
     return outcome
 
 

@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 import pytest
 
@@ -43,3 +45,20 @@ def test_retrain_split_sliding_and_expanding(months, train):
     assert split["test"] == ["2013-08-25", "2013-08-31"]
     assert split["valid"] == ["2013-08-18", "2013-08-24"]
     assert split["train"] == train
+
+
+def test_policies_replayed_at_once_share_the_cores(monkeypatch):
+    from flows.replay import stage_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    with stage_threads(2) as threads:
+        assert threads == 4 and os.environ["OMP_NUM_THREADS"] == "4"  # what stage subprocesses inherit
+    assert "OMP_NUM_THREADS" not in os.environ  # restored after the replay
+    with stage_threads(16) as threads:
+        assert threads == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    with stage_threads(1) as threads:
+        assert threads == 8 and "OMP_NUM_THREADS" not in os.environ  # one policy at a time: all cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with stage_threads(2) as threads:
+        assert threads == 3 and os.environ["OMP_NUM_THREADS"] == "3"  # the user's setting wins
