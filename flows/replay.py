@@ -333,19 +333,29 @@ def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
 
 
 @flow(name="replay", log_prints=True)
-def replay(quick: bool = False, policies: list[str] | None = None, project_dir: str | None = None) -> dict[str, Any]:
-    """Replay the year under each policy and compare them; writes reports/replay/."""
+def replay(
+    quick: bool = False,
+    policies: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    out_dir: str | None = None,
+    project_dir: str | None = None,
+) -> dict[str, Any]:
+    """Replay the year under each policy and compare them; writes reports/replay/ (or `out_dir`).
+
+    `overrides` (dotted keys, e.g. {"policy.training_window": "expanding"}) change params.yaml for this
+    replay only: its workspaces get them, the project's params.yaml is left as it is."""
     from tqdm import tqdm
 
     logger = get_run_logger()
     root = Path(project_dir or os.getcwd()).resolve()
-    params = load_params(root / paths.PARAMS)
+    overrides = dict(overrides or {})
+    params = load_params(root / paths.PARAMS, overrides=overrides)
     rcfg = replay_cfg(params, quick=quick)
     chosen = policies or list(rcfg.policies)
     unknown = set(chosen) - set(rcfg.policies)
     if unknown:
         raise ValueError(f"unknown policies {sorted(unknown)}; params.yaml replay.policies has {list(rcfg.policies)}")
-    out = root / OUT
+    out = root / (out_dir or OUT)
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -358,7 +368,9 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
     stream = build_features(raw, reference_tables, params.data)
     base_name = f"{params.register_.model_name}-replay-base"
     base = make_workspace(
-        root, work / "base", {"register.model_name": base_name, "register.experiment": experiment, **rcfg.train}
+        root,
+        work / "base",
+        {**overrides, "register.model_name": base_name, "register.experiment": experiment, **rcfg.train},
     )
     initial = training(params=TrainingParams(), project_dir=str(base))
     base_version = int(initial["registered"]["version"])
@@ -407,6 +419,7 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
         "windows": n_windows,
         "workers": workers,
         "stage_threads": threads,
+        "overrides": overrides,
         "seconds": round(total_seconds, 1),
         "initial_training_seconds": round(setup_seconds, 1),
         "summary": summary.to_dict("records"),
@@ -426,6 +439,7 @@ def replay(quick: bool = False, policies: list[str] | None = None, project_dir: 
                 "window_days": rcfg.window_days,
                 "workers": workers,
                 "stage_threads": threads,
+                "overrides": json.dumps(overrides)[:500],
                 "start": rcfg.start,
                 "end": rcfg.end,
             }
@@ -460,11 +474,21 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a few windows and a tiny model (tests)")
     ap.add_argument("--policy", action="append", help="replay only these policies (repeatable)")
+    ap.add_argument(
+        "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. -S policy.training_window=expanding"
+    )
+    ap.add_argument("--out", help=f"output folder, relative to the project (default {OUT})")
     ap.add_argument("--project-dir", default=".", type=Path)
     args = ap.parse_args(argv)
+    import yaml
+
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        ap.error(f"-S takes KEY=VALUE, got {bad}")
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     project = args.project_dir.resolve()
     with local_prefect(project):
-        replay(quick=args.quick, policies=args.policy, project_dir=str(project))
+        replay(quick=args.quick, policies=args.policy, overrides=overrides, out_dir=args.out, project_dir=str(project))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def replayed(tmp_path_factory):
         {
             "monitoring.exclude_features": [f for f in params.data.features if f not in STABLE],
             "replay.start": "2013-04-01",
-            "replay.end": "2013-04-21",
+            "replay.end": "2013-05-31",  # the replay's -S override below cuts it to three windows
             "replay.tune_until": "2013-04-07",
             "replay.train": {
                 "train.max_epochs": 2,
@@ -62,7 +62,7 @@ def replayed(tmp_path_factory):
     alerts.ensure_retrain_automation(str(deployment), model_name=MODEL, name="retrain on drift (replay test)")
     before = {r.id for r in deployment_runs(deployment)}  # the session's harness may hold other tests' runs
     try:
-        result = replay(project_dir=str(project))
+        result = replay(overrides={"replay.end": "2013-04-21"}, project_dir=str(project))
     finally:
         for k, v in saved.items():
             if v is None:
@@ -93,7 +93,9 @@ def test_tables_and_plots_are_written(replayed):
     assert {"windows.csv", "summary.csv", "summary.json", "replay.png", "replay.html"} <= written
     assert list(table["window"].unique()) == ["2013-04-01", "2013-04-08", "2013-04-15"]
     assert set(table["policy"]) == {"never", "drift"} and (table["logged_rows"] == table["rows"]).all()
-    assert json.loads((out / "summary.json").read_text())["windows"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["windows"] == 3 and summary["overrides"] == {"replay.end": "2013-04-21"}
+    assert "2013-05-31" in (project / "params.yaml").read_text()  # an override changes this replay only
 
 
 def test_corrupt_window_alerts_and_trains_nothing(replayed):
