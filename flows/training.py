@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows import dvc_stages
 from flows.common import add_flow_run_tags, flow_run_tags, local_prefect, run_stage
 from tasks import paths
-from tasks.config import ParamsError, load_params
+from tasks.config import ParamsError, cli_overrides, load_params
 
 GATE_REPORT = paths.REPORTS / "gate.json"  # written by a `gate` stage when one is in dvc.yaml
 
@@ -184,9 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-end")
     ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. -S model.dropout=0.3")
     args = ap.parse_args(argv)
-    import yaml
-
-    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    try:
+        extra = cli_overrides(args.set)
+    except ParamsError as exc:
+        ap.error(str(exc))
     params = TrainingParams(
         max_epochs=args.max_epochs, lr=args.lr, sample_frac=args.sample_frac, data_end=args.data_end, overrides=extra
     )

@@ -18,6 +18,11 @@ class MonitoringCfg(_Frozen):
     num_method: str = "wasserstein"
     cat_method: str = "jensenshannon"
     drift_threshold: float = Field(0.1, gt=0)
+    # None: one threshold for every feature. A number of days: each feature's threshold is raised to the
+    # largest drift score a slice of that many days of the reference shows against the whole reference,
+    # so a window counts as drifted in a feature only when it is unlike every such slice of the reference
+    # (a week of weather always differs from four months of it; a summer week differs from every winter one)
+    calibrate_days: float | None = Field(None, gt=0)
     score_column: str = "score"
     score_method: str = "wasserstein"
     score_threshold: float = Field(0.1, gt=0)

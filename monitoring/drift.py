@@ -29,7 +29,8 @@ class DriftFigures(_Out):
     drifted: list[str]
     scores: dict[str, float]
     methods: dict[str, str]
-    threshold: float
+    threshold: float  # monitoring.drift_threshold, the floor
+    thresholds: dict[str, float]  # per feature: the floor, or higher where calibrated on the reference
     checked: int
 
 
@@ -112,6 +113,7 @@ class Reference:
     categories: dict[str, frozenset[str]]
     bounds: dict[str, tuple[float, float]]  # allowed [lo, hi] per numeric feature, tolerance included
     has_scores: bool
+    thresholds: dict[str, float] = field(default_factory=dict)  # drift threshold per drift feature
     _nonnull: dict[str, pd.Series] = field(default_factory=dict, repr=False)
 
 
@@ -151,6 +153,9 @@ def build_reference(
         bounds[col] = (lo - pad, hi + pad)
     drift_features = tuple(c for c in data.features if c not in cfg.exclude_features)
     nonnull = {c: _clean(sample[c]) for c in [*drift_features, *([cfg.score_column] if has_scores else [])]}
+    thresholds = {c: cfg.drift_threshold for c in drift_features}
+    if cfg.calibrate_days:
+        thresholds = calibrated_thresholds(frame, nonnull, drift_features, data, cfg)
     return Reference(
         sample=sample,
         rows=len(frame),
@@ -161,8 +166,39 @@ def build_reference(
         categories={c: frozenset(frame[c].dropna().astype(str).unique()) for c in data.categorical},
         bounds={c: b for c, b in bounds.items() if c not in cfg.exclude_features},
         has_scores=has_scores,
+        thresholds=thresholds,
         _nonnull=nonnull,
     )
+
+
+def calibrated_thresholds(
+    frame: pd.DataFrame, nonnull: dict[str, pd.Series], features: tuple[str, ...], data: DataCfg, cfg: MonitoringCfg
+) -> dict[str, float]:
+    """Per feature, the largest drift score of a `cfg.calibrate_days`-day slice of the reference rows
+    against the reference sample (never below `cfg.drift_threshold`): the reference's own spread."""
+    if data.time_column not in frame.columns:
+        raise ValueError(f"monitoring.calibrate_days needs the time column {data.time_column!r} in the reference rows")
+    t = pd.to_datetime(frame[data.time_column])
+    slot = ((t - t.min()) // pd.Timedelta(days=cfg.calibrate_days)).to_numpy()
+    sizes = pd.Series(slot).value_counts()
+    slices = sorted(sizes.index[sizes >= 0.5 * sizes.median()])  # a short last slice is noisier than a window
+    if len(slices) < 2:
+        raise ValueError(
+            f"monitoring.calibrate_days={cfg.calibrate_days}: the reference spans {len(sizes)} slice(s) of "
+            "that length; it needs at least two to measure its own spread"
+        )
+    masks = [slot == s for s in slices]
+    out = {}
+    for col in features:
+        categorical = col in data.categorical
+        method = cfg.cat_method if categorical else cfg.num_method
+        worst = cfg.drift_threshold
+        for mask in masks:
+            part = _clean(frame.loc[mask, col])
+            if not part.empty and not nonnull[col].empty:
+                worst = max(worst, _stat_test(nonnull[col], part, categorical, method, cfg.drift_threshold)[0])
+        out[col] = worst
+    return out
 
 
 def _clean(values: pd.Series) -> pd.Series:
@@ -194,7 +230,8 @@ def feature_drift(current: pd.DataFrame, reference: Reference, cfg: MonitoringCf
             continue
         categorical = col in reference.categorical
         method = cfg.cat_method if categorical else cfg.num_method
-        score, hit, name = _stat_test(ref, cur, categorical, method, cfg.drift_threshold)
+        limit = reference.thresholds.get(col, cfg.drift_threshold)
+        score, hit, name = _stat_test(ref, cur, categorical, method, limit)
         scores[col], methods[col] = score, name
         if hit:
             drifted.append(col)
@@ -205,6 +242,7 @@ def feature_drift(current: pd.DataFrame, reference: Reference, cfg: MonitoringCf
         scores=scores,
         methods=methods,
         threshold=cfg.drift_threshold,
+        thresholds={c: reference.thresholds.get(c, cfg.drift_threshold) for c in scores},
         checked=checked,
     )
 
@@ -390,6 +428,7 @@ def drift_report(current: pd.DataFrame, reference: Reference, cfg: MonitoringCfg
             num_method=cfg.num_method,
             cat_method=cfg.cat_method,
             threshold=cfg.drift_threshold,
+            per_column_threshold=dict(reference.thresholds) or None,  # the summary's thresholds
         )
     ]
     if with_score:

@@ -100,7 +100,7 @@ class ReplayCfg(BaseModel):
     first_day: str = "2013-01-01"  # expanding training windows start here
     valid_days: int = Field(7, ge=1)  # a retrain validates on the week before ...
     test_days: int = Field(7, ge=1)  # ... the most recent labelled week, on which the gate decides
-    tune_until: str = "2013-09-30"  # policies were tuned on windows ending by then; later ones are held out
+    tune_until: str = "2013-09-30"  # policies were tuned on windows starting by then; later ones are held out
     request_rows: int = Field(1000, ge=1)  # rows per /predict request
     workers: int = Field(1, ge=1)  # policies replayed at once (each in its own workspace and service)
     train: dict[str, Any] = Field(default_factory=dict)  # params overrides for every (re)training

@@ -218,6 +218,21 @@ def load_params(path: Path | str = paths.PARAMS, overrides: dict[str, Any] | Non
     return parse_params(raw)
 
 
+def cli_overrides(items: list[str]) -> dict[str, Any]:
+    """`-S KEY=VALUE` items as overrides; VALUE is YAML (`0.3`, `[a, b]`, `{x: 1}`), a date stays text."""
+    import datetime
+
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ParamsError(f"-S takes KEY=VALUE, got {bad}")
+    out = {}
+    for item in items:
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text)
+        out[key] = text if isinstance(value, datetime.date) else value
+    return out
+
+
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `a.b.c` in a nested mapping; an unknown section or key is an error, not a silent add."""
     parts = dotted.split(".")

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import ParamsError, load_params, parse_params
+from tasks.config import ParamsError, cli_overrides, load_params, parse_params
 from tests.conftest import REPO
 
 
@@ -53,3 +53,14 @@ def test_period_bounds(lo, hi, bounds):
 def test_overlapping_day_windows_are_refused():
     with pytest.raises(ParamsError, match="time order"):
         load_params(REPO / "params.yaml", overrides={"split.valid": ["2013-04-30", "2013-05-31"]})
+
+
+def test_cli_overrides_read_yaml_values_and_keep_dates_as_text():
+    got = cli_overrides(["train.lr=0.003", "replay.end=2013-10-06", "data.slices=[carrier]", "x.y={a: 1}"])
+    assert got == {"train.lr": 0.003, "replay.end": "2013-10-06", "data.slices": ["carrier"], "x.y": {"a": 1}}
+    from monitoring.replay import replay_cfg
+
+    params = load_params(REPO / "params.yaml", overrides={k: got[k] for k in ("train.lr", "replay.end")})
+    assert params.train.lr == 0.003 and replay_cfg(params).end == "2013-10-06"  # a date read as YAML would fail
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        cli_overrides(["train.lr"])

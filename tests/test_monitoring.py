@@ -14,7 +14,14 @@ import yaml
 
 from monitoring import alerts, policy
 from monitoring.config import MonitoringCfg, PolicyCfg
-from monitoring.drift import build_reference, drift_report, join_labels, report_values, summarize_window
+from monitoring.drift import (
+    build_reference,
+    drift_report,
+    feature_drift,
+    join_labels,
+    report_values,
+    summarize_window,
+)
 from monitoring.report import quarantine_window
 from tasks.config import DataCfg
 
@@ -203,6 +210,45 @@ def test_summary_matches_the_evidently_report(reference, tmp_path):
     assert values["score"] == pytest.approx(summary.score_drift.score, rel=1e-6)
     snapshot.save_html(str(tmp_path / "r.html"))
     assert "temp" in (tmp_path / "r.html").read_text()
+
+
+CALIBRATED = MonitoringCfg(min_labelled_rows=20, calibrate_days=7)
+
+
+def weekly_temp(means: list[float], start: str, seed: int) -> pd.DataFrame:
+    """500 rows a week whose temperature level changes from week to week, as weather does."""
+    parts = []
+    for i, mean in enumerate(means):
+        part = rows(500, seed=seed + i)
+        hours = np.random.default_rng(seed + i).uniform(0, 7 * 24, 500)
+        part["time_hour"] = pd.Timestamp(start) + pd.Timedelta(days=7 * i) + pd.to_timedelta(hours, unit="h")
+        part["temp"] = part["temp"] - 50 + mean
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_calibrated_thresholds_flag_only_weeks_unlike_every_reference_week():
+    reference_rows = weekly_temp([35, 50, 65, 50], "2013-01-01", seed=20)
+    fixed, calibrated = build_reference(reference_rows, DATA, MON), build_reference(reference_rows, DATA, CALIBRATED)
+    typical = weekly_temp([60], "2013-06-03", seed=40)  # within the reference's own week-to-week spread
+    unusual = weekly_temp([95], "2013-06-10", seed=41)  # warmer than any reference week
+    assert "temp" in feature_drift(typical, fixed, MON).drifted  # one fixed threshold: it counts as drift
+    assert "temp" not in feature_drift(typical, calibrated, CALIBRATED).drifted
+    hot = feature_drift(unusual, calibrated, CALIBRATED)
+    assert hot.drifted == ["temp"]
+    assert calibrated.thresholds["temp"] > 5 * MON.drift_threshold  # raised by the reference's spread
+    assert calibrated.thresholds["distance"] == MON.drift_threshold  # no spread beyond the floor: unchanged
+    assert hot.thresholds == calibrated.thresholds and hot.threshold == MON.drift_threshold
+    report = drift_report(unusual, calibrated, CALIBRATED).dict()["metrics"]
+    counts = [m["value"] for m in report if m["config"].get("type", "").endswith("DriftedColumnsCount")]
+    assert counts and counts[0]["count"] == 1  # the HTML report applies the same per-feature thresholds
+
+
+def test_calibration_needs_time_and_two_slices():
+    with pytest.raises(ValueError, match="time_hour"):
+        build_reference(rows(500, seed=1).drop(columns=["time_hour"]), DATA, CALIBRATED)
+    with pytest.raises(ValueError, match="at least two"):
+        build_reference(weekly_temp([50], "2013-01-01", seed=2), DATA, CALIBRATED)
 
 
 # ---- Prefect: events, automation, the flow (the session-wide test harness) ----
