@@ -67,13 +67,14 @@ def stage_threads(workers: int) -> Iterator[int]:
     """Share the cores between policies replayed at once: each stage process (torch, OpenMP in
     scikit-learn) gets cores // workers threads, unless OMP_NUM_THREADS is set already. Two stages with
     two threads each on two cores oversubscribe them and run ~2x slower than with one thread each."""
+    cores = os.cpu_count() or 1
     if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
-        yield int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
+        setting = os.environ.get("OMP_NUM_THREADS", "")
+        yield int(setting) if setting.isdigit() else cores
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
     try:
-        yield threads
+        yield int(os.environ["OMP_NUM_THREADS"])
     finally:
         os.environ.pop("OMP_NUM_THREADS", None)
 

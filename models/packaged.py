@@ -51,14 +51,11 @@ class Scorer:
     def from_files(cls, preprocessor: Path | str, model: Path | str, meta: Path | str) -> Scorer:
         return cls(Preprocessor.load(Path(preprocessor)), load_module(model), json.loads(Path(meta).read_text()))
 
-    @torch.no_grad()
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
             raise ValueError(f"input lacks feature columns: {missing}")
-        codes, nums = self.pre.transform(frame)
-        logits = self.net(torch.as_tensor(codes), torch.as_tensor(nums))
-        return torch.sigmoid(logits).numpy().astype(np.float64)
+        return predict_proba(self.net, *self.pre.transform(frame)).astype(np.float64)
 
 
 class DelayModel(PythonModel):

@@ -113,7 +113,7 @@ class Reference:
     categories: dict[str, frozenset[str]]
     bounds: dict[str, tuple[float, float]]  # allowed [lo, hi] per numeric feature, tolerance included
     has_scores: bool
-    thresholds: dict[str, float] = field(default_factory=dict)  # drift threshold per drift feature
+    thresholds: dict[str, float]  # drift threshold per drift feature
     _nonnull: dict[str, pd.Series] = field(default_factory=dict, repr=False)
 
 
@@ -153,9 +153,10 @@ def build_reference(
         bounds[col] = (lo - pad, hi + pad)
     drift_features = tuple(c for c in data.features if c not in cfg.exclude_features)
     nonnull = {c: _clean(sample[c]) for c in [*drift_features, *([cfg.score_column] if has_scores else [])]}
-    thresholds = {c: cfg.drift_threshold for c in drift_features}
     if cfg.calibrate_days:
         thresholds = calibrated_thresholds(frame, nonnull, drift_features, data, cfg)
+    else:
+        thresholds = {c: cfg.drift_threshold for c in drift_features}
     return Reference(
         sample=sample,
         rows=len(frame),
@@ -192,12 +193,14 @@ def calibrated_thresholds(
     for col in features:
         categorical = col in data.categorical
         method = cfg.cat_method if categorical else cfg.num_method
-        worst = cfg.drift_threshold
+        out[col] = cfg.drift_threshold
+        if nonnull[col].empty:
+            continue
         for mask in masks:
             part = _clean(frame.loc[mask, col])
-            if not part.empty and not nonnull[col].empty:
-                worst = max(worst, _stat_test(nonnull[col], part, categorical, method, cfg.drift_threshold)[0])
-        out[col] = worst
+            if not part.empty:
+                score = _stat_test(nonnull[col], part, categorical, method, cfg.drift_threshold)[0]
+                out[col] = max(out[col], score)
     return out
 
 
@@ -222,7 +225,7 @@ def _stat_test(ref: pd.Series, cur: pd.Series, categorical: bool, method: str, t
 
 def feature_drift(current: pd.DataFrame, reference: Reference, cfg: MonitoringCfg) -> DriftFigures:
     """Per-feature drift (Evidently stat tests) and the share of drifted features."""
-    scores, methods, drifted = {}, {}, []
+    scores, methods, thresholds, drifted = {}, {}, {}, []
     for col in reference.drift_features:
         cur = _clean(current[col])
         ref = reference._nonnull[col]
@@ -230,9 +233,9 @@ def feature_drift(current: pd.DataFrame, reference: Reference, cfg: MonitoringCf
             continue
         categorical = col in reference.categorical
         method = cfg.cat_method if categorical else cfg.num_method
-        limit = reference.thresholds.get(col, cfg.drift_threshold)
+        limit = reference.thresholds[col]
         score, hit, name = _stat_test(ref, cur, categorical, method, limit)
-        scores[col], methods[col] = score, name
+        scores[col], methods[col], thresholds[col] = score, name, limit
         if hit:
             drifted.append(col)
     checked = len(scores)
@@ -242,7 +245,7 @@ def feature_drift(current: pd.DataFrame, reference: Reference, cfg: MonitoringCf
         scores=scores,
         methods=methods,
         threshold=cfg.drift_threshold,
-        thresholds={c: reference.thresholds.get(c, cfg.drift_threshold) for c in scores},
+        thresholds=thresholds,
         checked=checked,
     )
 
@@ -428,7 +431,7 @@ def drift_report(current: pd.DataFrame, reference: Reference, cfg: MonitoringCfg
             num_method=cfg.num_method,
             cat_method=cfg.cat_method,
             threshold=cfg.drift_threshold,
-            per_column_threshold=dict(reference.thresholds) or None,  # the summary's thresholds
+            per_column_threshold=dict(reference.thresholds),  # the summary's thresholds
         )
     ]
     if with_score:
