@@ -52,10 +52,10 @@ flow: install ## the training flow once on the local Prefect API, e.g. make flow
 	$(PY) -m flows.training $(ARGS)
 
 history: install ## champion history: promotions, refusals, rollbacks
-	$(PY) -m tasks.registry history
+	$(PY) -m tasks.gate history
 
 rollback: install ## put the previous champion back live
-	$(PY) -m tasks.registry rollback
+	$(PY) -m tasks.gate rollback
 
 bench: bench-train bench-dvc bench-flow bench-serving bench-drift ## every benchmark (numbers in reports/bench_*.json)
 
@@ -81,4 +81,4 @@ format: install ## ruff format + fixes
 	ruff format . && ruff check --fix .
 
 clean: ## remove generated data, stores and reports (keeps .venv)
-	rm -rf data/raw data/validated data/prepared data/quarantine artifacts reports mlflow.db mlartifacts .prefect dvc.lock
+	rm -rf data/raw data/validated data/prepared data/quarantine data/predictions data/scored artifacts reports mlflow.db mlartifacts .prefect .runs dvc.lock

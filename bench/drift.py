@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monitoring.config import monitoring_cfg, policy_cfg
+from flightloop import paths
+from flightloop.config import load_params
 from monitoring.drift import build_reference, drift_report, summarize_window
-from tasks import paths
-from tasks.config import load_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=paths.REPORTS / "bench_drift.json", type=Path)
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    data, mcfg, pcfg = params.data, monitoring_cfg(params), policy_cfg(params)
+    data, mcfg, pcfg = params.data, params.monitoring, params.policy
     train = pd.read_parquet(args.prepared / "train.parquet")
     month = pd.read_parquet(args.prepared / "test.parquet")
     rng = np.random.default_rng(0)  # stand-in scores: the bench times the checks, not the model

@@ -136,14 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     project = args.project.resolve()
     sys.path.insert(0, str(project))
-    from tasks import registry, tracking
-    from tasks.config import load_params
+    from flightloop import registry, tracking
+    from flightloop.config import load_params
+    from models.packaged import model_dir
 
     os.chdir(project)
     params = load_params("params.yaml")
     name = params.register_.model_name
-    version = registry.alias_version(registry._client(), name, "champion")
-    meta = json.loads(next(registry.model_dir(name, version).rglob("artifacts/meta.json")).read_text())
+    version = registry.alias_version(registry.client(), name, "champion")
+    meta = json.loads(next(model_dir(name, version).rglob("artifacts/meta.json")).read_text())
     test = pd.read_parquet(project / "data" / "prepared" / "test.parquet")
     records = json.loads(test[meta["features"]].head(100).to_json(orient="records"))
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     env.update(PYTHONPATH=str(project), MLFLOW_TRACKING_URI=tracking.tracking_uri())
     ours_port, mlflow_port = free_port(), free_port()
     preds = tempfile.mkdtemp(prefix="bench-preds-")
-    overrides = {"serving": {**(params.extra.get("serving") or {}), "prediction_dir": preds}}
+    overrides = {"serving": {**params.serving.model_dump(mode="json"), "prediction_dir": preds}}
     params_file = Path(tempfile.mkdtemp()) / "params.yaml"
     import yaml
 

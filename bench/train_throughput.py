@@ -17,11 +17,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
 
+from flightloop import paths
+from flightloop.config import load_params
 from models.data import TensorBatches, TensorDataModule, to_tensors
 from models.fit import resolve_accelerator
 from models.lit import TabularClassifier
-from tasks import paths
-from tasks.config import load_params
 from tasks.train import encode, read_prepared
 
 

@@ -1,8 +1,10 @@
-"""Prefect pieces shared by the flows: the one task that runs a DVC stage, and local-mode settings."""
+"""Prefect pieces shared by the flows: the one task that runs a DVC stage, the one-writer lock on a
+project's workspace and registry, and local-mode settings."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import time
 from collections.abc import Iterator
@@ -15,7 +17,8 @@ from prefect.runtime import flow_run
 from flows import dvc_stages
 from flows.dvc_stages import RAN, SKIPPED, StageFailed
 
-__all__ = ["RAN", "SKIPPED", "StageFailed", "run_stage", "flow_run_tags", "local_prefect"]
+__all__ = ["RAN", "SKIPPED", "StageFailed", "run_stage", "flow_run_tags", "local_prefect", "workspace_lock"]
+_held: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("flightloop_held_limits", default=frozenset())
 
 
 def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
@@ -32,14 +35,19 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry
     retry_condition_fn=_transient,
     cache_policy=NO_CACHE,
 )
-def run_stage(stage: str, project_dir: str, extra_tags: dict[str, str] | None = None) -> str:
-    """Run one dvc.yaml stage through DVC (`dvc repro --single-item`); unchanged stages are skipped."""
+def run_stage(
+    stage: str, project_dir: str, extra_tags: dict[str, str] | None = None, tracking_uri: str | None = None
+) -> str:
+    """Run one dvc.yaml stage through DVC (`dvc repro --single-item`); unchanged stages are skipped.
+    `tracking_uri`: the MLflow store the stage logs to (a run workspace logs to its project's)."""
     logger = get_run_logger()
     project = Path(project_dir)
     if not dvc_stages.stage_changed(project, stage):
         logger.info("stage %s: %s", stage, SKIPPED)
         return SKIPPED
     env = dvc_stages.stage_env(project, extra_tags)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     started = time.perf_counter()
     outcome = dvc_stages.repro_stage(project, stage, env, on_line=lambda line: logger.info("%s", line))
     logger.info("stage %s: %s in %.1fs", stage, outcome, time.perf_counter() - started)
@@ -81,3 +89,60 @@ def local_prefect(project: Path) -> Iterator[None]:
         updates[PREFECT_HOME] = project / ".prefect"
     with temporary_settings(updates=updates):
         yield
+
+
+def workspace_limit(model_name: str) -> str:
+    """The Prefect global concurrency limit that guards a project: named after its registered model, as
+    one model has one DVC project (every checkout of it, on every worker) and one registry entry."""
+    return f"workspace-{model_name}"
+
+
+def ensure_limit(name: str, limit: int = 1) -> None:
+    """Create the global concurrency limit if it does not exist (two creators at once: one wins)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            except ObjectAlreadyExists:
+                pass
+
+
+@contextlib.contextmanager
+def workspace_lock(model_name: str) -> Iterator[None]:
+    """Hold the project's one writer slot: flows that change its DVC workspace or registry (training,
+    retraining, ingest, rollback) run one at a time across runners, workers and the CLI, because the
+    Prefect server keeps the slot. Flows called inside a holder (retraining's ingest and training) run
+    in its slot; monitoring and batch scoring never take it."""
+    from prefect.concurrency.sync import concurrency
+
+    name = workspace_limit(model_name)
+    held = _held.get()
+    if name in held:
+        yield
+        return
+    ensure_limit(name)
+    started = time.perf_counter()
+    with concurrency(name, occupy=1, strict=True):
+        waited = time.perf_counter() - started
+        if waited > 1:
+            _log().info("waited %.0fs for %s (another flow was changing the project)", waited, name)
+        token = _held.set(held | {name})
+        try:
+            yield
+        finally:
+            _held.reset(token)
+
+
+def _log():  # noqa: ANN202 - a logger
+    import logging
+
+    try:
+        return get_run_logger()
+    except Exception:  # outside a flow run
+        return logging.getLogger("flows")

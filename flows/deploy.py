@@ -1,6 +1,11 @@
-"""Deployments of every flow, served by one process so that "Run" in the Prefect UI runs them.
+"""Deployments of every flow, served by one process so that "Run" in the Prefect UI runs them, and the
+automation that closes the loop (a retrain event of the project's model runs `retraining` with the
+decision as its parameters).
 
-Add a flow by adding one line to DEPLOYMENTS (an import path, and the deployment's options)."""
+Add a flow by adding one line to DEPLOYMENTS (an import path, and the deployment's options). Flows that
+change the project run one at a time (the `workspace-<model>` global concurrency limit, taken inside
+them); their deployments also queue their own runs one at a time, so a burst of events waits visibly in
+the UI ("AwaitingConcurrencySlot") instead of piling up."""
 
 from __future__ import annotations
 
@@ -11,18 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
-# (import path "module:flow", options for flow.to_deployment). Later flows (rollback, monitoring,
-# retraining, batch scoring) go here, one line each. Schedules that would surprise a user stay inactive
-# until someone switches them on in the UI.
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+# (import path "module:flow", options for flow.to_deployment). Schedules that would surprise a user stay
+# inactive until someone switches them on in the UI.
 DEPLOYMENTS: list[tuple[str, dict[str, Any]]] = [
     (
         "flows.training:training",
         {
-            "description": "dvc.yaml pipeline stage by stage; parameters override params.yaml",
+            "description": "dvc.yaml pipeline stage by stage; parameters override params.yaml for this run only",
             "parameters": {"params": {}},
             "schedules": [Cron("0 3 * * 1", timezone="UTC", active=False)],  # weekly retrain, off by default
+            "concurrency_limit": ONE_AT_A_TIME,
             "tags": ["pipeline"],
         },
     ),
@@ -31,26 +39,35 @@ DEPLOYMENTS: list[tuple[str, dict[str, Any]]] = [
         {
             "description": "validate a new month (or a CSV/Parquet file) and version it with DVC",
             "parameters": {"month": "2013-07"},
+            "concurrency_limit": ONE_AT_A_TIME,
             "tags": ["data"],
         },
     ),
     (
         "flows.retraining:retraining",
         {
-            "description": "newly labelled data -> new DVC data version -> training -> gate -> service reload; "
-            "run by the 'retrain on drift' automation",
+            "description": "a monitoring decision -> newly labelled data as a new DVC data version -> training "
+            "on the decision's split -> gate -> service reload; run by the 'retrain on drift' automation",
+            "concurrency_limit": ONE_AT_A_TIME,
             "tags": ["pipeline", "loop"],
         },
     ),
     (
-        "flows.monitoring:monitoring",
+        "flows.monitor:monitoring",
         {
             "description": "drift, quality and performance of what the service logged since the last run",
             "schedules": [Cron("0 * * * *", timezone="UTC", active=False)],  # hourly, off by default
             "tags": ["monitoring", "loop"],
         },
     ),
-    ("flows.rollback:rollback_flow", {"description": "put the previous champion back live", "tags": ["registry"]}),
+    (
+        "flows.rollback:rollback_flow",
+        {
+            "description": "put the previous champion back live",
+            "concurrency_limit": ONE_AT_A_TIME,
+            "tags": ["registry"],
+        },
+    ),
     (
         "flows.batch_score:batch_score_flow",
         {
@@ -90,16 +107,20 @@ def deployment_id_for(flow_name: str, project_dir: str | Path):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from flightloop import paths
+    from flightloop.config import load_params
+    from flows.common import ensure_limit, workspace_limit
+    from monitoring.alerts import ensure_retrain_automation
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--project-dir", default=".", type=Path)
-    ap.add_argument("--limit", type=int, default=1, help="flow runs at once (the pipeline shares one dvc.lock)")
+    ap.add_argument("--limit", type=int, default=4, help="flow runs at once (runs that change the project queue)")
     args = ap.parse_args(argv)
     # Runs go to PREFECT_API_URL (`make ui` points it at the local server); serving needs a server.
     project = args.project_dir.resolve()
-    # the automation that closes the loop: a drift/performance event runs the retraining deployment
-    from monitoring.alerts import ensure_retrain_automation
-
-    ensure_retrain_automation(deployment_id_for("retraining", project))
+    name = load_params(project / paths.PARAMS).register_.model_name
+    ensure_limit(workspace_limit(name))
+    ensure_retrain_automation(deployment_id_for("retraining", project), model_name=name)
     serve(*deployments(project), limit=args.limit)
 
 

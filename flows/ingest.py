@@ -15,10 +15,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flightloop import paths
+from flightloop.config import Params, load_params
 from flows import dvc_stages
-from flows.common import flow_run_tags, local_prefect, run_stage
-from tasks import paths
-from tasks.config import Params, load_params
+from flows.common import flow_run_tags, local_prefect, run_stage, workspace_lock
 from tasks.ingest import read_source, read_table, split_batches
 from tasks.validate import BatchReport, quarantine, validate_batch
 
@@ -84,12 +84,30 @@ def report_table(report: BatchReport) -> list[dict[str, Any]]:
     ]
 
 
-@flow(name="ingest", log_prints=True)
+def run_name() -> str:
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters
+    return f"ingest-{given.get('month') or Path(given.get('path') or 'batch').stem}"
+
+
+@flow(name="ingest", flow_run_name=run_name, log_prints=True)
 def ingest(month: str | None = None, path: str | None = None, project_dir: str | None = None) -> dict[str, Any]:
-    """Validate one new batch and version it with DVC; a rejected batch fails the run and is quarantined."""
-    logger = get_run_logger()
+    """Validate one new batch and version it with DVC; a rejected batch fails the run and is quarantined.
+
+    Args:
+        month: a month of the configured source to take as the new batch (YYYY-MM), or ...
+        path: ... a CSV or Parquet file of new rows (relative to the project or absolute)
+        project_dir: the project checkout to run in (default: the runner's working directory)
+    """
     project = Path(project_dir or os.getcwd()).resolve()
     params = load_params(project / paths.PARAMS)
+    with workspace_lock(params.register_.model_name):
+        return _ingest(project, params, month, path)
+
+
+def _ingest(project: Path, params: Params, month: str | None, path: str | None) -> dict[str, Any]:
+    logger = get_run_logger()
     if path and not Path(path).is_absolute():
         path = str(project / path)
     batch_id, frame = load_batch(params, month, path)

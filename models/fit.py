@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
+from flightloop.config import ModelCfg, TrainCfg
 from models.data import TensorDataModule, to_tensors
 from models.lit import TabularClassifier
-from tasks.config import ModelCfg, TrainCfg
 
 
 def resolve_accelerator(train: TrainCfg) -> tuple[str, str]:

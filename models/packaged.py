@@ -18,6 +18,7 @@ try:  # the class below is an MLflow pyfunc; importing this module must not requ
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
 
+REFERENCE_FILE = "reference.parquet"  # the training rows, logged with the model for drift checks
 NET_KEYS = ("cardinalities", "n_numeric", "max_embedding_dim", "hidden", "dropout")
 
 
@@ -68,3 +69,49 @@ class DelayModel(PythonModel):
     def predict(self, context, model_input, params=None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         return pd.Series(self.scorer.predict_proba(frame), name="probability")
+
+
+# ---- a registered version's files (MLflow artifact store -> local folder) ------------------------------
+
+
+def model_dir(name: str, version: int, dst: Path | str | None = None) -> Path:
+    """Download a version's pyfunc folder once."""
+    import os
+    import tempfile
+
+    import mlflow
+
+    from flightloop import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download floods flow logs
+    dst = Path(dst or tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+
+
+def artifacts_of(folder: Path) -> Path:
+    """The artifacts folder inside a downloaded pyfunc folder."""
+    return next(Path(folder).rglob("artifacts/meta.json")).parent
+
+
+def scorer_from(folder: Path) -> Scorer:
+    """The Scorer of a downloaded pyfunc folder (no pyfunc on the hot path)."""
+    art = artifacts_of(folder)
+    return Scorer.from_files(art / "preprocessor.json", art / "model.pt", art / "meta.json")
+
+
+def load_scorer(name: str, version: int, dst: Path | str | None = None) -> Scorer:
+    """A registered version's preprocessor + network as a Scorer."""
+    return scorer_from(model_dir(name, version, dst))
+
+
+def load_with_reference(name: str, version: int, dst: Path | str | None = None) -> tuple[Scorer, pd.DataFrame]:
+    """A registered version's Scorer and the rows it was trained on (its drift reference), as logged with it."""
+    folder = model_dir(name, version, dst)
+    reference = artifacts_of(folder) / REFERENCE_FILE
+    if not reference.exists():
+        raise FileNotFoundError(
+            f"models:/{name}/{version} carries no {REFERENCE_FILE} (registered before references were logged "
+            "with the model): retrain it (`dvc repro` or the training flow) to monitor it"
+        )
+    return scorer_from(folder), pd.read_parquet(reference)

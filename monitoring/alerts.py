@@ -8,12 +8,14 @@ from typing import Any
 from uuid import UUID
 
 from monitoring.drift import WindowSummary
-from monitoring.policy import DRIFT_EVENT, PERFORMANCE_EVENT, SCHEDULE_EVENT, Decision
+from monitoring.policy import RETRAIN_EVENTS, Decision
 
 log = logging.getLogger("monitoring.alerts")
 NOTIFY_ENV = "MONITORING_NOTIFY_URLS"  # comma-separated Apprise URLs, added to monitoring.notify_urls
 AUTOMATION_NAME = "retrain on drift"
-RETRAIN_EVENTS = (DRIFT_EVENT, PERFORMANCE_EVENT, SCHEDULE_EVENT)
+# the retraining run's parameters, filled in from the event by the automation (Prefect renders the
+# template as JSON, so the request arrives as the structured object the retraining flow takes)
+RETRAIN_PARAMETERS = {"request": "{{ event.payload.request }}"}
 
 
 def model_resource(model_name: str, model_version: int | None = None) -> dict[str, str]:
@@ -31,7 +33,7 @@ def event_payload(summary: WindowSummary, decision: Decision) -> dict[str, Any]:
         "retrain": decision.retrain,
         "kind": decision.kind,
         "reasons": decision.reasons,
-        "training_window": list(decision.training_window) if decision.training_window else None,
+        "request": decision.request.model_dump(mode="json") if decision.request else None,
         "figures": summary.key_figures(),
     }
 
@@ -70,12 +72,16 @@ def notify(summary: WindowSummary, decision: Decision, model_name: str, urls: li
 
 def ensure_retrain_automation(
     deployment: str | UUID,
-    model_name: str | None = None,
+    model_name: str,
     name: str = AUTOMATION_NAME,
     events: tuple[str, ...] = RETRAIN_EVENTS,
 ):
     """Create, or bring up to date, the automation that runs the retraining deployment when a retrain
-    event arrives; idempotent by automation name. `deployment` is an id or `flow-name/deployment-name`."""
+    event of `model_name` arrives, with the event's decision as the run's parameters; idempotent by
+    automation name. `deployment` is an id or `flow-name/deployment-name`.
+
+    It matches that one model's resource id exactly: the replay's models (`<name>-replay-<policy>`) and
+    any other model's events never start a production retrain."""
     from prefect.automations import Automation, EventTrigger, RunDeployment
     from prefect.client.orchestration import get_client
 
@@ -87,12 +93,13 @@ def ensure_retrain_automation(
         except ValueError:
             with get_client(sync_client=True) as client:
                 deployment_id = client.read_deployment_by_name(str(deployment)).id
-    match = {"prefect.resource.id": f"mlflow.model.{model_name}" if model_name else "mlflow.model.*"}
+    match = {"prefect.resource.id": model_resource(model_name)["prefect.resource.id"]}
     wanted = dict(
         name=name,
-        description="Runs the retraining deployment when monitoring reports drift or degraded performance.",
+        description=f"Runs the retraining deployment with the decision when monitoring of {model_name} "
+        "reports drift, degraded performance or a scheduled retrain.",
         trigger=EventTrigger(expect=set(events), match=match, posture="Reactive", threshold=1),
-        actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id, parameters=dict(RETRAIN_PARAMETERS))],
         enabled=True,
     )
     with get_client(sync_client=True) as client:

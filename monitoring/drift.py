@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from monitoring.config import MonitoringCfg
-from tasks.config import DataCfg
+from flightloop.config import DataCfg, MonitoringCfg
 
 
 class _Out(BaseModel):
@@ -335,7 +334,7 @@ def performance(
     champion: dict[str, float] | None,
 ) -> PerformanceFigures | None:
     """ROC-AUC, Brier and log loss on the labelled rows, against the champion's test metrics."""
-    from tasks.evaluate import classification_metrics
+    from flightloop.metrics import classification_metrics
 
     if data.label not in current.columns or cfg.score_column not in current.columns:
         return None

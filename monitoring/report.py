@@ -1,16 +1,21 @@
-"""The IO around a window's summary: report files, quarantine, MLflow run, the policy state file."""
+"""The IO around a window's summary: report files, quarantine, MLflow run, and the policy state file."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from flightloop import paths
 from monitoring.drift import WindowSummary
 from monitoring.policy import Decision, PolicyState
-from tasks import paths
 
 MONITORING_REPORTS = paths.REPORTS / "monitoring"
 STATE = MONITORING_REPORTS / "state.json"
@@ -53,7 +58,7 @@ def log_to_mlflow(summary: WindowSummary, decision: Decision | None, files: dict
     """One MLflow run per window, tagged with the model it monitors; returns the run id."""
     import mlflow
 
-    from tasks import tracking
+    from flightloop import tracking
 
     tracking.setup(experiment)
     tags = {
@@ -75,10 +80,32 @@ def log_to_mlflow(summary: WindowSummary, decision: Decision | None, files: dict
     return run.info.run_id
 
 
-def load_state(path: Path = STATE) -> PolicyState:
-    return PolicyState.model_validate_json(path.read_text()) if path.exists() else PolicyState()
+class StateStore:
+    """The policy state as a JSON file, changed only under an exclusive lock and replaced atomically, so
+    the monitoring flow and a retraining flow finishing at the same time never lose each other's update."""
 
+    def __init__(self, path: Path | str = STATE):
+        self.path = Path(path)
 
-def save_state(state: PolicyState, path: Path = STATE) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(state.model_dump_json(indent=1))
+    def read(self) -> PolicyState:
+        return PolicyState.model_validate_json(self.path.read_text()) if self.path.exists() else PolicyState()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def update(self, change: Callable[[PolicyState], PolicyState]) -> PolicyState:
+        """Read, change and write the state as one step; returns the new state."""
+        with self._locked():
+            new = change(self.read())
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(new.model_dump_json(indent=1))
+            os.replace(tmp, self.path)
+            return new

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel
 
-from serving.config import ServingCfg
+from flightloop.config import ServingCfg
 from serving.model import Follower, LiveModel
 from serving.predlog import PredictionLog
 
@@ -362,9 +362,8 @@ def create_app(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from serving.config import serving_cfg
-    from tasks import paths
-    from tasks.config import load_params
+    from flightloop import paths
+    from flightloop.config import load_params
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=paths.PARAMS, type=Path)
@@ -372,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int)
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    cfg = serving_cfg(params)
+    cfg = params.serving
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 

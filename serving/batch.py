@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import paths
-from tasks.config import load_params
+from flightloop import paths
+from flightloop.config import load_params
 
 SCORED = paths.DATA / "scored"
 
@@ -48,21 +48,27 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def score_file(
-    source: Path | str, name: str, alias: str = "champion", month: str | None = None, out: Path | str | None = None
+    source: Path | str,
+    name: str,
+    alias: str = "champion",
+    month: str | None = None,
+    out: Path | str | None = None,
+    out_dir: Path = SCORED,
 ) -> dict[str, Any]:
     """Score `source` with `models:/<name>@<alias>` and write `data/scored/<stem>[-<month>]-v<version>.parquet`."""
-    from tasks import registry
+    from flightloop import registry
+    from models.packaged import load_scorer
 
     source = Path(source)
-    version = registry.alias_version(registry._client(), name, alias)
+    version = registry.alias_version(registry.client(), name, alias)
     if version is None:
         raise LookupError(f"models:/{name}@{alias} does not exist")
     with tempfile.TemporaryDirectory() as tmp:
-        scorer = registry.load_scorer(name, version, tmp)
+        scorer = load_scorer(name, version, tmp)
     frame = read_table(source)
     frame = select_month(frame, scorer.meta.get("time_column", "time_hour"), month)
     scored = score_frame(frame, scorer, version)
-    out = Path(out) if out else SCORED / f"{source.stem}{'-' + month if month else ''}-v{version}.parquet"
+    out = Path(out) if out else out_dir / f"{source.stem}{'-' + month if month else ''}-v{version}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     scored.assign(scored_at=datetime.now(timezone.utc)).to_parquet(out, index=False)
     return {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.packaged import Scorer
+from models.packaged import Scorer, model_dir, scorer_from
 from models.preprocess import UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -93,22 +93,17 @@ class LiveModel:
 
 def load_version(name: str, version: int, cache: Path) -> LiveModel:
     """Download a version's artifacts once into `cache/v<version>` and load them into a LiveModel."""
-    from tasks import registry
+    from flightloop import registry
 
     target = cache / f"v{version}"
     if not (target / "complete").exists():
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        registry.model_dir(name, version, target)
+        model_dir(name, version, target)
         (target / "complete").touch()
-    scorer = _scorer_from(target)
-    tags = dict(registry._client().get_model_version(name, str(version)).tags)
+    scorer = scorer_from(target)
+    tags = dict(registry.client().get_model_version(name, str(version)).tags)
     return LiveModel(name, version, scorer, tags)
-
-
-def _scorer_from(folder: Path) -> Scorer:
-    art = next(folder.rglob("artifacts/meta.json")).parent
-    return Scorer.from_files(art / "preprocessor.json", art / "model.pt", art / "meta.json")
 
 
 class Follower:
@@ -129,10 +124,10 @@ class Follower:
 
     def check(self) -> dict[str, Any]:
         """Resolve the alias; load and swap in its version if it differs from the live one."""
-        from tasks import registry
+        from flightloop import registry
 
         with self._load_lock:
-            version = registry.alias_version(registry._client(), self.name, self.alias)
+            version = registry.alias_version(registry.client(), self.name, self.alias)
             if version is None:
                 raise LookupError(f"models:/{self.name}@{self.alias} does not exist")
             before = self.current.version if self.current else None

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from flightloop import paths, tracking
+from flightloop.config import BaselineCfg, Params, load_params
+from flightloop.metrics import classification_metrics
 from models.preprocess import Preprocessor
-from tasks import paths, tracking
-from tasks.config import BaselineCfg, Params, load_params
 from tasks.train import encode, read_prepared
 
 MIN_SLICE_ROWS = 200
@@ -24,25 +25,6 @@ def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
     precision, recall, thresholds = skm.precision_recall_curve(y, p)
     f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
     return float(thresholds[int(np.argmax(f1[:-1]))]) if len(thresholds) else 0.5
-
-
-def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    """Ranking, probability and thresholded metrics of one set of predictions."""
-    pred = (p >= threshold).astype(int)
-    both = len(np.unique(y)) == 2
-    return {
-        "roc_auc": float(skm.roc_auc_score(y, p)) if both else float("nan"),
-        "pr_auc": float(skm.average_precision_score(y, p)) if both else float("nan"),
-        "log_loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
-        "brier": float(skm.brier_score_loss(y, p)),
-        "precision": float(skm.precision_score(y, pred, zero_division=0)),
-        "recall": float(skm.recall_score(y, pred, zero_division=0)),
-        "f1": float(skm.f1_score(y, pred, zero_division=0)),
-        "accuracy": float(skm.accuracy_score(y, pred)),
-        "threshold": float(threshold),
-        "positive_rate": float(np.mean(y)),
-        "rows": int(len(y)),
-    }
 
 
 def slice_metrics(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks import paths
-from tasks.config import DataCfg, load_params
+from flightloop import paths
+from flightloop.config import DataCfg, load_params
 
 NYC_TZ = "America/New_York"
 BATCH_SUFFIXES = (".parquet", ".csv")

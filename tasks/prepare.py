@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from flightloop import paths
+from flightloop.config import DataCfg, Params, SplitCfg, load_params, period_bounds
 from models.preprocess import Preprocessor
-from tasks import paths
-from tasks.config import DataCfg, Params, SplitCfg, load_params, period_bounds
 
 # Known only after the flight has happened: never features (tests/test_leakage.py guards this).
 LEAKY_COLUMNS = frozenset({"dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"})

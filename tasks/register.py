@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import paths, tracking
-from tasks.config import Params, load_params
+from flightloop import paths, tracking
+from flightloop.config import Params, load_params
 from tasks.train import read_prepared
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -41,7 +41,7 @@ def log_and_register(
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    from models.packaged import DelayModel, Scorer
+    from models.packaged import REFERENCE_FILE, DelayModel, Scorer
 
     name = params.register_.model_name
     features = params.data.features
@@ -60,10 +60,14 @@ def log_and_register(
     with tempfile.TemporaryDirectory() as tmp:
         meta_path = Path(tmp) / "meta.json"
         meta_path.write_text(json.dumps(meta, indent=1))
+        # the rows it was trained on travel with it: monitoring's drift reference for as long as it is live
+        reference = Path(tmp) / REFERENCE_FILE
+        frames["train"][[params.data.time_column, *features]].to_parquet(reference, index=False)
         artifacts = {
             "preprocessor": str(prepared / "preprocessor.json"),
             "model": str(model_dir / "model.pt"),
             "meta": str(meta_path),
+            "reference": str(reference),
         }
         scorer = Scorer.from_files(artifacts["preprocessor"], artifacts["model"], meta_path)
         signature = infer_signature(example, pd.Series(scorer.predict_proba(example), name="probability"))

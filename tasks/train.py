@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flightloop import paths, tracking
+from flightloop.config import Params, load_params
 from models.preprocess import Preprocessor
-from tasks import paths, tracking
-from tasks.config import Params, load_params
 
 SPLITS = ("train", "valid", "test")
 

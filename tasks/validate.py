@@ -15,8 +15,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandas.api import types as pdt
 
-from tasks import paths
-from tasks.config import ColumnRule, ValidateCfg, load_params
+from flightloop import paths
+from flightloop.config import ColumnRule, ValidateCfg, load_params
 
 _DTYPE_TESTS = {
     "int": pdt.is_integer_dtype,

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 from uuid import UUID
+
+import httpx
+
+from tests.conftest import project_env
 
 
 def task_runs(flow_run_id: UUID) -> list:
@@ -52,3 +59,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m serving` in a project, on a free loopback port."""
+
+    def __init__(self, project: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(project / f"serve-{self.port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["python", "-m", "serving", "--port", str(self.port)],
+            cwd=project,
+            env={**project_env(project), **(env or {})},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, Path(self.log.name).read_text()
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("server not ready:\n" + Path(self.log.name).read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import ParamsError, cli_overrides, load_params, parse_params
+from flightloop.config import ParamsError, cli_overrides, load_params, parse_params
 from tests.conftest import REPO
 
 
@@ -45,7 +45,7 @@ def test_override_changes_value_and_digest():
     [("2013-01", "2013-02", ("2013-01-01", "2013-03-01")), ("2013-12-30", "2013-12-31", ("2013-12-30", "2014-01-01"))],
 )
 def test_period_bounds(lo, hi, bounds):
-    from tasks.config import period_bounds
+    from flightloop.config import period_bounds
 
     assert period_bounds(lo, hi) == bounds
 
@@ -58,9 +58,72 @@ def test_overlapping_day_windows_are_refused():
 def test_cli_overrides_read_yaml_values_and_keep_dates_as_text():
     got = cli_overrides(["train.lr=0.003", "replay.end=2013-10-06", "data.slices=[carrier]", "x.y={a: 1}"])
     assert got == {"train.lr": 0.003, "replay.end": "2013-10-06", "data.slices": ["carrier"], "x.y": {"a": 1}}
-    from monitoring.replay import replay_cfg
-
     params = load_params(REPO / "params.yaml", overrides={k: got[k] for k in ("train.lr", "replay.end")})
-    assert params.train.lr == 0.003 and replay_cfg(params).end == "2013-10-06"  # a date read as YAML would fail
+    assert params.train.lr == 0.003 and params.replay_cfg().end == "2013-10-06"  # a date read as YAML would fail
     with pytest.raises(ParamsError, match="KEY=VALUE"):
         cli_overrides(["train.lr"])
+
+
+def _defaults_disagreeing(model: type, section: dict, where: str) -> list[str]:
+    """Keys of `section` (the file's values) whose code default in `model` is a different value."""
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for key, field in model.model_fields.items():
+        name = field.alias or key
+        if name not in section:
+            continue
+        ann = field.annotation
+        nested = next(
+            (a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+        if nested is not None and isinstance(section[name], dict):
+            out += _defaults_disagreeing(nested, section[name], f"{where}.{name}")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if default is PydanticUndefined:
+            continue  # required: the file is the only default
+        file_value = model(**{**_required(model, section), name: section[name]}).__dict__[key]
+        if default != file_value:
+            out.append(f"{where}.{name}: code says {default!r}, params.yaml says {file_value!r}")
+    return out
+
+
+def _required(model: type, section: dict) -> dict:
+    return {k: v for k, v in section.items() if k in {f.alias or n for n, f in model.model_fields.items()}}
+
+
+def test_code_defaults_agree_with_params_yaml():
+    """params.yaml is the one source of defaults: a key a user leaves out means what our file says."""
+    import yaml
+
+    from flightloop.config import Params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    load_params(REPO / "params.yaml")  # every section validates
+    disagreeing = []
+    for key, field in Params.model_fields.items():
+        name = field.alias or key
+        ann = field.annotation
+        model = next(a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type))
+        if name in raw and hasattr(model, "model_fields"):
+            disagreeing += _defaults_disagreeing(model, raw[name], name)
+    assert not disagreeing, "\n".join(disagreeing)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"gate.margn": 0.1}, "gate.margn"),
+        ({"policy.cooldown": 3}, "policy.cooldown"),
+        ({"monitoring.drift_treshold": 0.2}, "monitoring.drift_treshold"),
+        ({"serving.port": -1}, "serving.port"),
+        ({"replay.policies": {"drift": {"drift_shares": 0.2}}}, "drift_shares"),
+        ({"monitoring.exclude_features": ["nope"]}, "exclude_features"),
+    ],
+)
+def test_every_section_is_validated_when_params_load(override, message):
+    """A typo in any section fails at load, before the first stage runs, naming the key."""
+    with pytest.raises(ParamsError, match=message):
+        load_params(REPO / "params.yaml", overrides=override)

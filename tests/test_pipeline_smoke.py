@@ -33,7 +33,7 @@ def test_second_repro_does_nothing(small_project):
 def test_champion_loads_by_alias_in_a_fresh_process(small_project):
     code = textwrap.dedent("""
         import json, mlflow, pandas as pd
-        from tasks import tracking
+        from flightloop import tracking
         mlflow.set_tracking_uri(tracking.tracking_uri())
         model = mlflow.pyfunc.load_model("models:/flight-delay@champion")
         rows = pd.read_parquet("data/prepared/test.parquet").head(20)

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flightloop.config import load_params
 from models.preprocess import UNKNOWN, Preprocessor
-from tasks.config import load_params
 from tasks.prepare import build_features, flights_features, label_rate_by_month, split_by_window
 from tests.conftest import REPO
 

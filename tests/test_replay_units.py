@@ -3,7 +3,9 @@ import os
 import pandas as pd
 import pytest
 
-from monitoring.replay import label_horizon, retrain_split, rows_in, visible_labels, windows
+from monitoring.loop import new_labelled_rows
+from monitoring.policy import retrain_split
+from monitoring.replay import rows_in, windows
 
 
 def test_weekly_windows_tile_the_range():
@@ -19,14 +21,22 @@ def test_window_length_must_be_positive():
 
 
 @pytest.mark.parametrize("delay, visible", [(0, 4), (1, 3), (2.5, 2), (10, 0)])
-def test_labels_are_never_visible_before_their_delay(delay, visible):
+def test_a_retrain_never_takes_rows_whose_label_has_not_arrived(delay, visible):
     times = pd.to_datetime(["2013-07-01 06:00", "2013-07-02 06:00", "2013-07-03 06:00", "2013-07-04 06:00"])
     frame = pd.DataFrame({"time_hour": times, "late": [0, 1, 0, 1]})
     now = pd.Timestamp("2013-07-05")
-    seen = visible_labels(frame, "time_hour", now, delay)
+    horizon = now - pd.Timedelta(days=delay)  # what a decision at `now` carries (monitoring.policy.decide)
+    seen = new_labelled_rows(frame, "time_hour", None, horizon, [])
     assert len(seen) == visible
     assert (seen["time_hour"] + pd.Timedelta(days=delay) <= now).all()
-    assert (seen["time_hour"] <= label_horizon(now, delay)).all()
+
+
+def test_a_retrain_skips_what_the_data_holds_and_every_quarantined_window():
+    times = pd.date_range("2013-07-01", periods=10, freq="D")
+    frame = pd.DataFrame({"time_hour": times, "late": 0})
+    kept = [(pd.Timestamp("2013-07-05"), pd.Timestamp("2013-07-07"))]
+    seen = new_labelled_rows(frame, "time_hour", pd.Timestamp("2013-07-02"), pd.Timestamp("2013-07-09"), kept)
+    assert seen["time_hour"].dt.day.tolist() == [3, 4, 7, 8]
 
 
 def test_rows_in_is_half_open():
@@ -40,11 +50,11 @@ def test_rows_in_is_half_open():
 )
 def test_retrain_split_sliding_and_expanding(months, train):
     split = retrain_split(
-        pd.Timestamp("2013-09-01"), test_days=7, valid_days=7, train_months=months, first_day="2013-01-01"
+        pd.Timestamp("2013-09-01"), gate_days=7, valid_days=7, train_months=months, first_day="2013-01-01"
     )
-    assert split["test"] == ["2013-08-25", "2013-08-31"]
-    assert split["valid"] == ["2013-08-18", "2013-08-24"]
-    assert split["train"] == train
+    assert split["test"] == ("2013-08-25", "2013-08-31")
+    assert split["valid"] == ("2013-08-18", "2013-08-24")
+    assert split["train"] == tuple(train)
 
 
 def test_policies_replayed_at_once_share_the_cores(monkeypatch):

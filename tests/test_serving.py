@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,13 +16,14 @@ import pytest
 
 from serving.predlog import PredictionLog, read_predictions
 from tests.conftest import REPO, make_project, project_env, run
+from tests.conftest_flows import Server
 
 pytestmark = pytest.mark.integration
 
 MAKE_V2 = """
 import tempfile, torch, mlflow
 from pathlib import Path
-from tasks import tracking
+from flightloop import tracking
 from models.packaged import DelayModel
 tracking.setup("flight-delay")
 mlflow.set_experiment("flight-delay")
@@ -44,49 +43,6 @@ for k, val in c.get_model_version("flight-delay", "1").tags.items():
 c.set_registered_model_alias("flight-delay", "challenger", v.version)
 print(v.version)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m serving` in a project, on a free loopback port."""
-
-    def __init__(self, project: Path, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(project / f"serve-{self.port}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["python", "-m", "serving", "--port", str(self.port)],
-            cwd=project,
-            env={**project_env(project), **(env or {})},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert self.proc.poll() is None, Path(self.log.name).read_text()
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("server not ready:\n" + Path(self.log.name).read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +96,7 @@ def test_single_row_and_batch_agree_with_pyfunc(server, project, rows):
     assert one["model_version"] == 1 and len(batch["predictions"]) == 10
     assert batch["predictions"][0]["probability"] == pytest.approx(one["predictions"][0]["probability"], abs=1e-6)
     code = (
-        "import json, sys, mlflow, pandas as pd; from tasks import tracking;"
+        "import json, sys, mlflow, pandas as pd; from flightloop import tracking;"
         "mlflow.set_tracking_uri(tracking.tracking_uri());"
         "m = mlflow.pyfunc.load_model('models:/flight-delay/1');"
         "print(json.dumps(m.predict(pd.DataFrame(json.loads(sys.stdin.read()))).tolist()))"
@@ -200,8 +156,8 @@ def test_bad_inputs_are_4xx_naming_the_field(server, rows):
 def test_token_auth_401_without_bearer(project, monkeypatch):
     from fastapi.testclient import TestClient
 
+    from flightloop.config import ServingCfg
     from serving.app import create_app
-    from serving.config import ServingCfg
 
     app = create_app(
         ServingCfg(prediction_dir=project / "tmp-preds"), "flight-delay", token="s3cret", start_follower=False
@@ -301,7 +257,7 @@ def test_hot_swap_under_load_no_failures(server, project, rows):
     time.sleep(2)
     env = {"SERVING_URL": server.url}
     out = subprocess.run(
-        ["python", "-m", "tasks.registry", "promote", "--version", "2", "--force", "--reason", "hot swap test"],
+        ["python", "-m", "tasks.gate", "promote", "--version", "2", "--force", "--reason", "hot swap test"],
         cwd=project,
         env={**project_env(project), **env},
         capture_output=True,
@@ -359,11 +315,10 @@ def test_row_encoder_matches_preprocessor(project, rows):
 
 
 def test_serving_params_reject_unknown_keys():
-    from serving.config import serving_cfg
-    from tasks.config import ParamsError, load_params
+    from flightloop.config import ParamsError, load_params
 
     with pytest.raises(ParamsError, match="serving.pol_seconds"):
-        serving_cfg(load_params(REPO / "params.yaml", {"serving.pol_seconds": 1}))
+        load_params(REPO / "params.yaml", {"serving.pol_seconds": 1})
 
 
 def test_batch_scoring_writes_scored_parquet_with_champion(project):

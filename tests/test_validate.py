@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import load_params
+from flightloop.config import load_params
 from tasks.validate import validate_batch
 from tests.conftest import REPO
 

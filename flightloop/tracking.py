@@ -15,9 +15,10 @@ DEFAULT_ARTIFACTS = Path("mlartifacts")
 EXTRA_TAGS_ENV = "PIPELINE_RUN_TAGS"  # JSON tags added by an orchestrator (e.g. the Prefect flow run id)
 
 
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` when set (a server), else a SQLite file in the project."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB.resolve()}"
+def tracking_uri(project: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` when set (a server), else a SQLite file in the project (default: the
+    working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{((project or Path.cwd()) / DEFAULT_DB).resolve()}"
 
 
 def setup(experiment: str) -> str:
@@ -29,9 +30,15 @@ def setup(experiment: str) -> str:
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    # a server keeps its own artifact store; the embedded SQLite store keeps artifacts in the project
-    location = DEFAULT_ARTIFACTS.resolve().as_uri() if uri.startswith("sqlite:") else None
-    return mlflow.create_experiment(experiment, artifact_location=location)
+    return mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: a server keeps its own store; the embedded SQLite
+    store keeps them beside its database file (the project's mlartifacts/, wherever the run starts)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / DEFAULT_ARTIFACTS).resolve().as_uri()
 
 
 def git_commit() -> str:

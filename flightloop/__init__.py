@@ -1,0 +1,1 @@
+"""The ground floor every other package stands on: config, paths, tracking, registry writes, metrics."""
