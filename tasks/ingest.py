@@ -151,6 +151,12 @@ def _check_csv_shape(text: str) -> None:
         if not header or not any(h.strip() for h in header):
             raise UnreadableBatch("no header line")
         bad = next((row for row in reader if row and len(row) != len(header)), None)
+        if bad is None and not text.endswith(("\n", "\r")):
+            # a cut inside the last value leaves a row that looks whole ("09:00" -> "09"): never guess
+            raise UnreadableBatch(
+                "truncated? no line break after the last row (file cut off?); if the file is complete, end it "
+                "with a line break"
+            )
         if bad is None:
             return
         line = reader.line_num

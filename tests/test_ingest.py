@@ -136,6 +136,8 @@ def test_integral_floats_of_an_int_column_become_ints(flights_tiny, tmp_path):
         ("b.parquet", lambda f, t: _parquet(f, t)[: len(_parquet(f, t)) // 2], "not a readable Parquet file"),
         ("b.parquet", lambda f, t: _csv(f), "not a readable Parquet file"),
         ("b.csv", lambda f, t: _csv(f)[:-30], "truncated: the last row ends mid-row"),
+        ("b.csv", lambda f, t: _csv(f)[:-7], "truncated\\? no line break after the last row"),
+        ("b.csv", lambda f, t: _csv(f)[:-1], "truncated\\? no line break after the last row"),
         ("b.csv", lambda f, t: _extra_field(_csv(f), line=2), "malformed CSV: line 2 has 20 fields, the header has 19"),
         ("b.csv", lambda f, t: _csv(f).decode().encode("utf-16"), "UTF-16"),
         ("b.csv", lambda f, t: _csv(f).decode().encode("utf-16-le"), "NUL byte"),

@@ -152,6 +152,7 @@ BAD_FILES = {
         "not a readable Parquet",
     ),
     "cut-mid-row.csv": (lambda f, s: csv_bytes(f)[:-30], "truncated"),
+    "cut-in-last-value.csv": (lambda f, s: csv_bytes(f)[:-7], "no line break after the last row"),
     "utf16.csv": (lambda f, s: csv_bytes(f).decode().encode("utf-16"), "UTF-16"),
     "utf16-no-bom.csv": (lambda f, s: csv_bytes(f).decode().encode("utf-16-le"), "NUL byte"),
     "latin1.csv": (lambda f, s: csv_bytes(f.assign(tailnum="NÉ123")).decode().encode("latin-1"), "not UTF-8"),
