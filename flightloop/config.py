@@ -97,6 +97,8 @@ class ColumnRule(_Frozen):
 class ValidateCfg(_Frozen):
     min_rows: int = Field(100, ge=1)
     allow_extra_columns: bool = False
+    # rows whose data.key is already in the data (or earlier in the batch): reject the batch, or drop them
+    duplicates: Literal["reject", "drop"] = "reject"
     columns: dict[str, ColumnRule]
 
 

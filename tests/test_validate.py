@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from flightloop.config import load_params
-from tasks.validate import validate_batch
+from tasks.validate import BatchReport, check_duplicates, judge, quarantine, row_keys, validate_batch
 from tests.conftest import REPO
 
 CFG = load_params(REPO / "params.yaml", overrides={"validate.min_rows": 1}).validate_
@@ -117,3 +117,66 @@ def test_stage_quarantines_bad_incoming_batch_and_keeps_validated(tmp_path, flig
     assert pd.read_parquet(kept / "2013-07.parquet").equals(bad)
     assert "month" in json.loads((kept / "report.json").read_text())["errors"][0]["column"]
     assert not (inbox / "2013-07.parquet").exists()  # moved out of the inbox, not copied
+
+
+KEY = load_params(REPO / "params.yaml").data.key
+DROP = CFG.model_copy(update={"duplicates": "drop"})
+
+
+def test_duplicates_are_rejected_by_default_naming_the_key_and_rows(flights_tiny):
+    twice = pd.concat([flights_tiny, flights_tiny.iloc[[0, 3]]], ignore_index=True)
+    assert CFG.duplicates == "reject"
+    report, rows = judge(twice, CFG, KEY, {}, "twice")
+    assert not report.ok and len(rows) == 8
+    [err] = report.errors
+    assert "duplicate key" in err["check"] and "earlier in this batch" in err["check"] and err["failures"] == 2
+    assert err["examples"][0] == {k: twice.loc[0, k] for k in KEY}
+
+
+def test_duplicates_are_dropped_when_configured_and_listed(flights_tiny):
+    twice = pd.concat([flights_tiny, flights_tiny], ignore_index=True)
+    report, rows = judge(twice, DROP, KEY, {}, "twice")
+    assert report.ok and report.dropped[0]["failures"] == 6
+    pd.testing.assert_frame_equal(rows, flights_tiny)
+    assert "ok (12 rows; dropped 6 rows: duplicate key" in report.summary()
+
+
+@pytest.mark.parametrize("cfg", [CFG, DROP], ids=["reject", "drop"])
+def test_rows_already_in_the_data_are_found_across_batches(flights_tiny, cfg):
+    """The same flights under another batch name (re-ordered, with a float key column as a CSV may give)."""
+    seen = dict.fromkeys(row_keys(flights_tiny.iloc[:4], KEY), "2013-07")
+    again = flights_tiny.iloc[::-1].reset_index(drop=True).astype({"flight": "float64"})
+    report, rows = check_duplicates(again, cfg.model_copy(update={"min_rows": 3}), KEY, seen, "july-again")
+    found = report.errors if cfg.duplicates == "reject" else report.dropped
+    [err] = found
+    assert err["failures"] == 4 and "already in the data, in batch 2013-07" in err["check"]
+    assert not report.ok  # reject: the batch; drop: 2 rows are left, fewer than min_rows
+    if cfg.duplicates == "drop":
+        assert len(rows) == 2 and "too few rows left after dropping 4 duplicate rows" in report.summary()
+
+
+def test_no_key_means_no_duplicate_check(flights_tiny):
+    report, rows = check_duplicates(pd.concat([flights_tiny] * 2), CFG, (), {}, "b")
+    assert report.ok and len(rows) == 12
+
+
+@pytest.mark.parametrize("batch", ["..", ".", "../../outside", "/tmp/abs", "a/../../b", "x" * 300])
+def test_quarantine_stays_inside_its_folder_whatever_the_batch_id(tmp_path, batch):
+    folder = tmp_path / "data" / "quarantine"
+    source = tmp_path / "file.csv"
+    source.write_bytes(b"bytes")
+    where = quarantine(BatchReport(batch=batch, rows=0, ok=False), source, folder, move=True)
+    assert where.resolve().parent == folder.resolve()
+    assert (where / "file.csv").read_bytes() == b"bytes" and json.loads((where / "report.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing left or written elsewhere
+
+
+def test_quarantine_never_overwrites_an_earlier_rejection(tmp_path):
+    folder = tmp_path / "q"
+    kept = []
+    for content in (b"first", b"second", b"second"):
+        source = tmp_path / "2013-08.csv"
+        source.write_bytes(content)
+        kept.append(quarantine(BatchReport(batch="2013-08", rows=0, ok=False), source, folder, move=True))
+    assert [p.name for p in kept] == ["2013-08", "2013-08.2", "2013-08.2"]  # the same bytes again: same folder
+    assert (kept[0] / "2013-08.csv").read_bytes() == b"first" and (kept[1] / "2013-08.csv").read_bytes() == b"second"
