@@ -18,8 +18,9 @@ from models.preprocess import Preprocessor
 SPLITS = ("train", "valid", "test")
 # A DVC output of this stage kept inside the embedded MLflow store's artifact folder: losing the store
 # (`make clean`, a deleted mlartifacts/) deletes it, so `dvc repro` sees this stage changed and re-trains
-# into the new store, instead of keeping outputs that name runs the store no longer has. `persist` in
-# dvc.yaml keeps the stage out of DVC's run-cache, which would restore such outputs from an older run.
+# into the new store, instead of keeping outputs that name runs the store no longer has. Being uncached
+# (`cache: false`), it also keeps the stage out of DVC's run-cache, which would restore such outputs from
+# an older run (DVC saves no run-cache entry for a stage with an uncached out that is not a metric or plot).
 STORE_MARK = tracking.DEFAULT_ARTIFACTS / "pipeline" / "train.json"
 SYSTEM_METRICS_INTERVAL_S = "2"  # MLflow samples every 10 s by default: nothing at all for a short training
 
