@@ -35,6 +35,8 @@ class History(Callback):
         row = {"epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         self.rows.append(row)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("train_loss", "val_loss", "val_auc"))
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}", flush=True)  # progress in stage logs
 
 
 def fit(
@@ -76,5 +78,6 @@ def fit(
         default_root_dir=out_dir,
     )
     trainer.fit(module, datamodule=data)
-    best = TabularClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
+    # tensors and plain values only: a checkpoint is never a way to run code
+    best = TabularClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     return best.eval(), history.rows

@@ -15,7 +15,7 @@ from flightloop import paths, tracking
 from flightloop.config import BaselineCfg, Params, load_params
 from flightloop.metrics import classification_metrics
 from models.preprocess import Preprocessor
-from tasks.train import encode, read_prepared
+from tasks.train import dataset, encode, read_prepared, read_run
 
 MIN_SLICE_ROWS = 200
 
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from models.packaged import load_module, predict_proba
 
+    tracking.setup(params.register_.experiment)
+    run = read_run(args.model)  # before any work: a run the store lost is a clear error, not a traceback
     frames, pre = read_prepared(args.prepared)
     module = load_module(args.model / "model.pt")
     probs = {name: predict_proba(module, *pre.transform(frames[name])) for name in ("valid", "test")}
@@ -211,8 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     paths.METRICS.write_text(json.dumps(result["metrics"], indent=1))
     made = figures(result, history, args.out)
 
-    run = json.loads((args.model / "run.json").read_text())
-    tracking.setup(params.register_.experiment)
     with mlflow.start_run(run_id=run["run_id"]):
         flat = tracking.flatten({k: v for k, v in result["metrics"].items() if k != "slices"})
         numbers = {k: v for k, v in flat.items() if isinstance(v, float)}
@@ -220,7 +220,12 @@ def main(argv: list[str] | None = None) -> None:
         for row in result["slices"].itertuples():
             numbers[f"slice.{row.column}.{row.value}.roc_auc"] = row.roc_auc
             numbers[f"slice.{row.column}.{row.value}.recall"] = row.recall
-        mlflow.log_metrics(numbers)  # one call: one store transaction
+        # the network's own test figures also go on the logged model, measured on the test split's dataset
+        test_set = dataset(frames["test"], "test", args.prepared, params.data.label)
+        mlflow.log_input(test_set, context="testing")
+        model_numbers = {k: v for k, v in numbers.items() if k.startswith("test.")}
+        mlflow.log_metrics(model_numbers, model_id=run["model_id"], dataset=test_set)
+        mlflow.log_metrics({k: v for k, v in numbers.items() if k not in model_numbers})  # one call each
         mlflow.set_tags({k: v for k, v in result["metrics"]["slices"].items() if isinstance(v, str)})
         for path in made:
             mlflow.log_artifact(str(path), artifact_path="plots")

@@ -14,7 +14,7 @@ import pandas as pd
 
 from flightloop import paths, tracking
 from flightloop.config import Params, load_params
-from tasks.train import read_prepared
+from tasks.train import read_prepared, read_run
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -32,16 +32,17 @@ def log_and_register(
     params: Params,
     frames: dict[str, pd.DataFrame],
     run_id: str,
+    model_id: str,
     model_dir: Path,
     prepared: Path,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """Log the pyfunc into the pipeline's MLflow run, register it and set its alias and lineage tags."""
+    """Log the pyfunc into the train stage's logged model (an output of its run), register it, set alias and tags."""
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.entities import LoggedModelOutput
     from mlflow.tracking import MlflowClient
 
-    from models.packaged import REFERENCE_FILE, DelayModel, Scorer
+    from models.packaged import PYFUNC_CODE, REFERENCE_FILE, Scorer, signature
 
     name = params.register_.model_name
     features = params.data.features
@@ -69,20 +70,25 @@ def log_and_register(
             "meta": str(meta_path),
             "reference": str(reference),
         }
-        scorer = Scorer.from_files(artifacts["preprocessor"], artifacts["model"], meta_path)
-        signature = infer_signature(example, pd.Series(scorer.predict_proba(example), name="probability"))
-        tracking.setup(params.register_.experiment)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=DelayModel(),
-                artifacts=artifacts,
-                code_paths=["models"],
-                signature=signature,
-                input_example=example,
-                pip_requirements=_requirements(),
-            )
+        # the files must load (tensors and JSON only) and score before anything is logged
+        Scorer.from_files(artifacts["preprocessor"], artifacts["model"], meta_path).predict_proba(example)
+        # Into the model the train stage made (evaluate linked the test metrics to it), outside the run: inside
+        # it MLflow would copy every step-0 run metric onto the model again and clash with those links.
+        # models-from-code: the pyfunc is PYFUNC_CODE, run when loaded; no pickled PythonModel in the store.
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts=artifacts,
+            code_paths=["models"],
+            signature=signature(list(params.data.categorical), list(params.data.numeric)),
+            input_example=example,
+            pip_requirements=_requirements(),
+            model_id=model_id,
+        )
     client = MlflowClient()
+    outputs = client.get_run(run_id).outputs
+    if model_id not in {o.model_id for o in (outputs.model_outputs if outputs else [])}:  # once: a rerun adds none
+        client.log_outputs(run_id, models=[LoggedModelOutput(model_id, step=0)])  # the run lists it as its model
     try:
         existing = set(client.get_registered_model(name).aliases)
     except mlflow.exceptions.MlflowException:
@@ -124,10 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=paths.REGISTERED, type=Path)
     args = ap.parse_args(argv)
     params = load_params(args.params)
+    tracking.setup(params.register_.experiment)
+    run = read_run(args.model)
     frames, _ = read_prepared(args.prepared)
-    run = json.loads((args.model / "run.json").read_text())
     metrics = json.loads(args.metrics.read_text())
-    result = log_and_register(params, frames, run["run_id"], args.model, args.prepared, metrics)
+    result = log_and_register(params, frames, run["run_id"], run["model_id"], args.model, args.prepared, metrics)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"register: {result['model_name']} version {result['version']} -> @{result['alias']}")
 

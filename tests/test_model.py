@@ -49,3 +49,94 @@ def test_lightning_module_learns_a_separable_signal():
     trainer.fit(module, datamodule=TensorDataModule(splits, 64))
     [result] = trainer.test(module, datamodule=TensorDataModule(splits, 64), verbose=False)
     assert result["test_auc"] > 0.95 and module.hparams.lr == 1e-2
+
+
+# ---- the packaged model: tensors and JSON only, natural inputs ------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs code: it writes `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def tiny_scorer(tmp_path):
+    """A Preprocessor fitted on 12 rows, an untrained network saved as the train stage saves it, and a Scorer."""
+    import pandas as pd
+
+    from models.packaged import Scorer, save_module
+    from models.preprocess import Preprocessor
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"carrier": list("ABCABCABCABC"), "month": rng.integers(1, 13, 12), "temp": rng.normal(50, 10, 12)}
+    )
+    pre = Preprocessor.fit(frame, ("carrier",), ("month", "temp"))
+    torch.manual_seed(0)
+    module = TabularClassifier(pre.cardinalities, pre.n_numeric, hidden=(8,), dropout=0.0)
+    save_module(module.hparams, module.state_dict(), tmp_path / "model.pt")
+    pre.save(tmp_path / "preprocessor.json")
+    (tmp_path / "meta.json").write_text('{"threshold": 0.5}')
+    return Scorer.from_files(tmp_path / "preprocessor.json", tmp_path / "model.pt", tmp_path / "meta.json"), frame
+
+
+def test_model_file_holds_only_tensors_and_json_values(tmp_path):
+    import json
+
+    from models.packaged import load_module
+
+    scorer, frame = tiny_scorer(tmp_path)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(saved) == {"hparams", "state_dict"} and json.loads(json.dumps(saved["hparams"])) == saved["hparams"]
+    codes, nums = scorer.pre.transform(frame)
+    again = load_module(tmp_path / "model.pt")
+    x = (torch.as_tensor(codes), torch.as_tensor(nums))
+    assert torch.equal(again(*x), scorer.net(*x))
+
+
+def test_a_model_file_carrying_a_pickle_payload_is_refused_and_nothing_in_it_runs(tmp_path):
+    from models.packaged import UnsafeModelError, load_module
+
+    tiny_scorer(tmp_path)
+    marker = tmp_path / "payload-ran"
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.save({**saved, "extra": Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UnsafeModelError, match=r"models:/m/7: evil\.pt holds pickled objects.*refused"):
+        load_module(tmp_path / "evil.pt", source="models:/m/7")
+    assert not marker.exists()
+
+
+def test_scorer_takes_int_or_float_numbers_and_names_a_numeric_column_holding_text(tmp_path):
+    scorer, frame = tiny_scorer(tmp_path)
+    as_float = scorer.predict_proba(frame.astype({"month": "float64"}))
+    assert frame["month"].dtype == np.int64 and np.array_equal(scorer.predict_proba(frame), as_float)
+    bad = frame.astype({"temp": object})
+    bad.loc[3, "temp"] = "warm"
+    with pytest.raises(ValueError, match=r"not numbers: temp \(e\.g\. 'warm'\)"):
+        scorer.predict_proba(bad)
+
+
+def test_pyfunc_is_loaded_from_code_and_its_signature_takes_int64_columns(tmp_path, monkeypatch):
+    import mlflow
+
+    from models.packaged import PYFUNC_CODE, signature
+
+    scorer, frame = tiny_scorer(tmp_path)
+    files = {"preprocessor": "preprocessor.json", "model": "model.pt", "meta": "meta.json"}
+    arts = {k: str(tmp_path / f) for k, f in files.items()}
+    mlflow.pyfunc.save_model(
+        tmp_path / "pyfunc",
+        python_model=str(PYFUNC_CODE),
+        artifacts=arts,
+        code_paths=[str(PYFUNC_CODE.parent)],
+        signature=signature(["carrier"], ["month", "temp"]),
+    )
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
+    assert frame["month"].dtype == np.int64
+    assert np.allclose(model.predict(frame).to_numpy(), scorer.predict_proba(frame))
+    assert not list((tmp_path / "pyfunc").rglob("*.pkl"))
