@@ -36,8 +36,8 @@ from flows.retraining import retrain_in
 from flows.training import TrainingParams, training
 from flows.workspace import clone_workspace, make_workspace
 from monitoring import report
-from monitoring.loop import decide_window, load_champion
-from monitoring.replay import apply_scenario, policy_summary, retained_improvement, rows_in, windows
+from monitoring.loop import WindowOutcome, decide_window, load_champion
+from monitoring.replay import Window, apply_scenario, policy_summary, retained_improvement, rows_in, windows
 from monitoring.report import StateStore
 from serving.predlog import read_predictions
 
@@ -152,76 +152,82 @@ class Service:
         return self.client.post("/reload").json()
 
 
+def replay_window(
+    w: Window,
+    svc: Service,
+    params: Params,
+    store: StateStore,
+    stream: pd.DataFrame,
+    rcfg: ReplayCfg,
+    quarantine: Path,
+    emit: bool = True,
+) -> tuple[WindowOutcome, dict[str, Any]]:
+    """One window of production as the replay plays it: its rows through the service, then the loop's
+    own `decide_window` on what the service logged, judged at the window's end (the replay's clock).
+    Returns the outcome and the window's row of the comparison table (its quality in hindsight)."""
+    data = params.data
+    columns = [*data.features, *[k for k in data.key if k not in data.features]]
+    current = apply_scenario(rows_in(stream, data.time_column, w.start, w.end), w.window_id, rcfg)
+    served_since = pd.Timestamp.now(tz="UTC")
+    scores, version = svc.score(current, columns, rcfg.request_rows)
+    logged = read_predictions(svc.predictions, since=served_since)
+    champion = load_champion(params.register_.model_name, version, params)
+    t = stream[data.time_column]  # labels join only rows of this window: the rest of the year is left out
+    recent = stream[(t >= w.start - pd.Timedelta(days=rcfg.window_days * 2)) & (t < w.end)]
+    outcome = decide_window(
+        logged, champion, params, store, start=w.start, end=w.end, labels=recent, quarantine=quarantine, emit=emit
+    )
+    summary, decision = outcome.summary, outcome.decision
+    truth = classification_metrics(current[data.label].to_numpy(), scores, svc.model.threshold)
+    row = {
+        "window": w.window_id,
+        "rows": len(current),
+        "logged_rows": len(logged),
+        "roc_auc": truth["roc_auc"],
+        "brier": truth["brier"],
+        "drift_share": summary.drift.share,
+        "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
+        "labelled_rows": summary.labelled_rows,
+        "decision": decision.kind,
+        "events": len(outcome.events),
+        "reasons": "; ".join(decision.reasons),
+        "retrained": False,
+        "promoted": False,
+        "champion_version": version,
+        "train_seconds": 0.0,
+    }
+    return outcome, row
+
+
 def replay_policy(
     policy: str, workspace: Path, rcfg: ReplayCfg, labels: SourceLabels, progress
 ) -> list[dict[str, Any]]:
     """One policy over every window, through the loop's own steps; returns one row per window.
 
-    Each window is scored by the service, judged by `decide_window` at the window's end (the replay's
-    clock) and, when the policy says so, retrained by the retraining flow's step (`retrain_in`) with the
-    same label feed as production; the service is told about a new champion in-process."""
+    Each window is played by `replay_window` and, when the policy says so, retrained by the retraining
+    flow's step (`retrain_in`) with the same label feed as production; the service is told about a new
+    champion in-process."""
     logger = get_run_logger()
     params = load_params(workspace / paths.PARAMS)
-    data, name = params.data, params.register_.model_name
-    columns = [*data.features, *[k for k in data.key if k not in data.features]]
     store = StateStore(workspace / report.STATE)
-    stream = labels.features
-    t = stream[data.time_column]
     rows: list[dict[str, Any]] = []
-
-    with Service(params, workspace, name) as svc:
+    with Service(params, workspace, params.register_.model_name) as svc:
         for w in windows(rcfg.start, rcfg.end, rcfg.window_days):
-            current = apply_scenario(rows_in(stream, data.time_column, w.start, w.end), w.window_id, rcfg)
-            served_since = pd.Timestamp.now(tz="UTC")
-            scores, version = svc.score(current, columns, rcfg.request_rows)
-            logged = read_predictions(svc.predictions, since=served_since)
-            champion = load_champion(name, version, params)
-            # labels can only join rows of this window; the rest of the year is left out for speed
-            recent = stream[(t >= w.start - pd.Timedelta(days=rcfg.window_days * 2)) & (t < w.end)]
-            outcome = decide_window(
-                logged,
-                champion,
-                params,
-                store,
-                start=w.start,
-                end=w.end,
-                labels=recent,
-                quarantine=workspace / report.QUARANTINE,
-            )
-            summary, decision = outcome.summary, outcome.decision
-            # the window's quality in hindsight (every label, for the comparison table only)
-            truth = classification_metrics(current[data.label].to_numpy(), scores, svc.model.threshold)
-            row = {
-                "policy": policy,
-                "window": w.window_id,
-                "rows": len(current),
-                "logged_rows": len(logged),
-                "roc_auc": truth["roc_auc"],
-                "brier": truth["brier"],
-                "drift_share": summary.drift.share,
-                "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
-                "labelled_rows": summary.labelled_rows,
-                "decision": decision.kind,
-                "events": len(outcome.events),
-                "reasons": "; ".join(decision.reasons),
-                "retrained": False,
-                "promoted": False,
-                "champion_version": version,
-                "train_seconds": 0.0,
-            }
-            if decision.request is not None:
+            outcome, row = replay_window(w, svc, params, store, labels.features, rcfg, workspace / report.QUARANTINE)
+            row = {"policy": policy, **row}
+            request = outcome.decision.request
+            if request is not None:
                 t0 = time.perf_counter()
                 try:
-                    result = retrain_in(workspace, params, decision.request, labels, lambda: json.dumps(svc.reload()))
+                    result = retrain_in(workspace, params, request, labels, lambda: json.dumps(svc.reload()))
                 except Exception as exc:  # a failed retrain keeps the champion live, as in production
                     logger.error("%s %s: retraining failed, champion unchanged: %s", policy, w.window_id, exc)
                     result = {"promoted": False, "gate": {"reason": f"retraining failed: {exc}"[:300]}}
                     row["reasons"] += f"; retraining failed: {exc}"[:300]
                 row.update(retrained=True, promoted=result["promoted"], train_seconds=time.perf_counter() - t0)
                 row["champion_version"] = svc.model.version
-                logger.info(
-                    "%s %s: retrained (%s), gate: %s", policy, w.window_id, decision.kind, result["gate"].get("reason")
-                )
+                why = result["gate"].get("reason")
+                logger.info("%s %s: retrained (%s), gate: %s", policy, w.window_id, request.kind, why)
             rows.append(row)
             progress.update(1)
             progress.set_postfix(policy=policy, window=w.window_id, v=row["champion_version"])

@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        server = start([str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(args.prefect_port)])
+        server = start(
+            [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(args.prefect_port)],
+            # the UI's pages call the API at these (by default 127.0.0.1:4200, whatever --port says)
+            {"PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(args.prefect_port)},
+        )
         artifacts = str(project / "mlartifacts")
         mlflow_opts = ["--backend-store-uri", db, "--default-artifact-root", artifacts, "--workers", "1"]
         start([str(bin_dir / "mlflow"), "ui", *mlflow_opts, "--host", HOST, "--port", str(args.mlflow_port)])

@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from monitoring.drift import WindowSummary
-from monitoring.policy import RETRAIN_EVENTS, Decision
+from monitoring.policy import COMPLETED_EVENT, FAILED_EVENT, RETRAIN_EVENTS, Decision, RetrainRequest
 
 log = logging.getLogger("monitoring.alerts")
 NOTIFY_ENV = "MONITORING_NOTIFY_URLS"  # comma-separated Apprise URLs, added to monitoring.notify_urls
@@ -46,6 +46,15 @@ def emit_alerts(summary: WindowSummary, decision: Decision, model_name: str) -> 
     payload = event_payload(summary, decision)
     resource = model_resource(model_name, summary.model_version)
     return [emit_event(event=name, resource=resource, payload=payload) for name in decision.events]
+
+
+def emit_retrain_outcome(request: RetrainRequest, ok: bool, reason: str) -> Any:
+    """`model.retrain.completed` / `model.retrain.failed` for the request's model (seen in the Event Feed)."""
+    from prefect.events import emit_event
+
+    payload = {"request": request.model_dump(mode="json"), "key": request.key, "reason": reason}
+    resource = model_resource(request.model_name, request.model_version)
+    return emit_event(event=COMPLETED_EVENT if ok else FAILED_EVENT, resource=resource, payload=payload)
 
 
 def notify_urls(configured: tuple[str, ...] | list[str] = ()) -> list[str]:

@@ -177,13 +177,15 @@ def run_retrain(
     train: Callable[[dict[str, tuple[str, str]]], dict[str, Any]],
     notify: Callable[[], str],
     flow_run: str | None = None,
+    emit: bool = True,
 ) -> dict[str, Any]:
     """Run one retrain for a decision, once: new labelled rows -> a new data version (`ingest`) ->
     training on the decision's split (`train`: the dvc.yaml stages up to the gate) -> `notify` the service
     when promoted. The state records it as running, then completed (the cooldown starts) or failed with its
     reason (the backoff starts). The same request a second time does nothing and says why.
 
-    `labelled(horizon)` returns raw rows whose labels are known by `horizon` (the label source)."""
+    `labelled(horizon)` returns raw rows whose labels are known by `horizon` (the label source); the
+    outcome is also announced as a `model.retrain.completed` / `.failed` event (`emit`)."""
     taken: dict[str, str | None] = {}
 
     def start(state: PolicyState) -> PolicyState:
@@ -215,9 +217,13 @@ def run_retrain(
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"[:500]
         store.update(lambda s: finish(s, request, False, reason, flow_run))
+        if emit:
+            alerts.emit_retrain_outcome(request, False, reason)
         raise
-    why = gate.get("reason", "no gate decision")
-    store.update(lambda s: finish(s, request, True, f"gate: {why}"[:500], flow_run))
+    why = f"gate: {gate.get('reason', 'no gate decision')}"[:500]
+    store.update(lambda s: finish(s, request, True, why, flow_run))
+    if emit:
+        alerts.emit_retrain_outcome(request, True, why)
     return {
         "request": request.model_dump(mode="json"),
         "ingested": ingested,

@@ -17,6 +17,7 @@ PERFORMANCE_EVENT = "model.performance.degraded"
 SCHEDULE_EVENT = "model.retrain.scheduled"
 QUALITY_EVENT = "data.quality.alert"
 RETRAIN_EVENTS = (DRIFT_EVENT, PERFORMANCE_EVENT, SCHEDULE_EVENT)
+COMPLETED_EVENT, FAILED_EVENT = "model.retrain.completed", "model.retrain.failed"  # what a retrain reports
 
 Kind = Literal["data_drift", "score_drift", "performance", "schedule", "data_quality", "manual", "none"]
 EVENT_OF_KIND = {

@@ -72,3 +72,57 @@ def test_policies_replayed_at_once_share_the_cores(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     with stage_threads(2) as threads:
         assert threads == 3 and os.environ["OMP_NUM_THREADS"] == "3"  # the user's setting wins
+
+
+def _request(day: str):
+    from flightloop.config import load_params
+    from monitoring.policy import retrain_request
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "params.yaml")
+    request = retrain_request(
+        params.policy,
+        model_name="flight-delay",
+        model_version=1,
+        window_id=day,
+        now=pd.Timestamp(day).to_pydatetime(),
+        kind="data_drift",
+        reasons=["test"],
+        first_day="2013-01-01",
+    )
+    return params, request
+
+
+def test_run_retrain_records_a_failure_with_its_reason_and_runs_each_decision_once(tmp_path):
+    from monitoring.loop import run_retrain
+    from monitoring.report import StateStore
+
+    params, request = _request("2013-07-15")
+    store = StateStore(tmp_path / "state.json")
+    rows = pd.DataFrame({"time_hour": pd.date_range("2013-07-01", periods=20, freq="D"), "late": 0})
+    ingested, trained = [], []
+
+    def ingest(batch):
+        ingested.append(pd.read_parquet(batch))
+
+    def failing(split):
+        trained.append(split)
+        raise OSError("No space left on device")
+
+    hooks = dict(labelled=lambda horizon: rows, ingest=ingest, notify=lambda: "reloaded", emit=False)
+    with pytest.raises(OSError):
+        run_retrain(request, params, tmp_path, store, train=failing, flow_run="run-1", **hooks)
+    state = store.read()
+    assert trained == [request.split] and ingested[0]["time_hour"].max() < pd.Timestamp(request.horizon)
+    assert state.last_failure.reason == "OSError: No space left on device" and state.last_retrain_at is None
+    assert state.retrains[request.key].status == "failed" and state.pending is None
+
+    again = run_retrain(request, params, tmp_path, store, train=failing, **hooks)  # the same decision again
+    assert "failed already" in again["skipped"] and len(trained) == 1
+
+    _, later = _request("2013-07-22")  # a later decision (after the backoff) runs, and completes
+    done = run_retrain(later, params, tmp_path, store, train=lambda split: {"gate": {"promoted": True}}, **hooks)
+    assert done["promoted"] and done["notified"] == "reloaded"
+    state = store.read()
+    assert state.last_retrain_at == later.window_end and state.last_failure is None
+    assert state.retrains[later.key].status == "completed"
