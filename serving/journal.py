@@ -115,8 +115,9 @@ def _lock(fd: int) -> bool:
 class Sealed:
     """A segment no longer written to, still locked by its owner until compacted."""
 
-    def __init__(self, path: Path, fd: int, memo: list | None = None):
-        self.path, self.fd, self.memo = path, fd, memo  # memo: what was appended, in order (None: read the file)
+    def __init__(self, path: Path, fd: int, memo: list | None = None, rows: int = 0):
+        self.path, self.fd, self.rows = path, fd, rows
+        self.memo = memo  # what was appended, in order (None: read the file)
 
     def release(self, delete: bool) -> None:
         if delete:
@@ -144,7 +145,7 @@ class Journal:
         self.path: Path | None = None
         self.size = 0
         self.rows = 0
-        self.opened_at = time.monotonic()
+        self.first_at = 0.0  # when the segment got its first record (its age, for flush_seconds)
         self._described: set[int] = set()
         self._memo: list = []
         self.abandoned: list[Sealed] = []  # segments whose failed write could not be undone
@@ -164,13 +165,12 @@ class Journal:
         """Under the lock: make (fd, path) current; the old segment comes back sealed if it holds anything."""
         old = None
         if self._fd is not None:
-            old = Sealed(self.path, self._fd, self._memo) if self.size else None
+            old = Sealed(self.path, self._fd, self._memo, self.rows) if self.size else None
             if old is None:
                 os.close(self._fd)
                 self.path.unlink(missing_ok=True)
         self._fd, self.path, self.size, self.rows, self._memo = fd, path, 0, 0, []
         self._described = set()
-        self.opened_at = time.monotonic()
         return old
 
     def open(self) -> None:
@@ -197,9 +197,11 @@ class Journal:
                 try:  # leave no half frame behind: later frames must stay readable
                     os.ftruncate(self._fd, self.size)
                 except OSError:  # readers stop at the torn frame; the next append starts a new segment
-                    self.abandoned.append(Sealed(self.path, self._fd, self._memo if self.size else None))
+                    self.abandoned.append(Sealed(self.path, self._fd, self._memo if self.size else None, self.rows))
                     self._fd, self.path, self.size, self.rows = None, None, 0, 0
                 raise
+            if not self.rows:
+                self.first_at = time.monotonic()
             self.size += len(data)
             self.rows += rows
             self._described.add(version)

@@ -396,7 +396,7 @@ class PredictionLog:
             "compaction_error": self.compaction_error,
             "rows_journaled": self.rows_journaled,
             "rows_written": self.rows_written,
-            "rows_pending": self.journal.rows + sum(len(s.memo or ()) for s in self._sealed),
+            "rows_pending": self.journal.rows + sum(s.rows for s in list(self._sealed)),
             "segments_pending": len(self._sealed),
             "recovered_rows": self.recovered_rows,
             "dead_letter_rows": self.dead_letter_rows,
@@ -425,7 +425,7 @@ class PredictionLog:
         j = self.journal
         if self.journal_error is not None:
             self._probe()
-        if j.rows and (j.rows >= self.flush_rows or time.monotonic() - j.opened_at >= self.flush_seconds):
+        if j.rows and (j.rows >= self.flush_rows or time.monotonic() - j.first_at >= self.flush_seconds):
             self._rotate()
         if self.fsync_seconds > 0 and time.monotonic() - self._last_sync >= self.fsync_seconds:
             if j.size != self._synced_size:

@@ -501,6 +501,63 @@ def test_reload_of_a_broken_version_keeps_the_old_model(project, rows):
         svc.stop()
 
 
+def test_racing_alias_moves_and_reloads_settle_and_log_the_answering_version(project, rows):
+    """The alias flips between v1 and v2 while clients predict and reload at once: no request fails, the
+    service settles on the last alias, and each logged row carries the version that answered it."""
+    import mlflow
+
+    registry = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    svc = Service(project, "race", {"poll_seconds": 0.5, "flush_seconds": 0.3})
+    answers: dict[str, int] = {}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def predictor(i: int) -> None:
+        with httpx.Client(base_url=svc.url, timeout=60) as c:
+            n = 0
+            while not stop.is_set():
+                rid = f"race-{i}-{n}"
+                r = c.post("/predict", json={"rows": rows[i : i + 2]}, headers={"X-Request-ID": rid})
+                if r.status_code != 200:
+                    failures.append(f"predict {r.status_code} {r.text[:200]}")
+                else:
+                    answers[rid] = r.json()["model_version"]
+                n += 1
+
+    def reloader() -> None:
+        with httpx.Client(base_url=svc.url, timeout=60) as c:
+            while not stop.is_set():
+                r = c.post("/reload")
+                if r.status_code != 200 and "still serving" not in r.text:  # a failed check must say so
+                    failures.append(f"reload {r.status_code} {r.text[:200]}")
+
+    try:
+        svc.wait()
+        threads = [threading.Thread(target=predictor, args=(i,)) for i in range(4)]
+        threads += [threading.Thread(target=reloader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for k in range(12):
+            registry.set_registered_model_alias("flight-delay", "champion", str(2 - k % 2))
+            time.sleep(0.4)
+        registry.set_registered_model_alias("flight-delay", "champion", "1")
+        until(lambda: httpx.get(svc.url + "/model").json()["version"] == 1, 30, "settling on v1")
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        until(lambda: svc.health()["rows_pending"] == 0, what="compaction")
+    finally:
+        stop.set()
+        registry.set_registered_model_alias("flight-delay", "champion", "1")
+        svc.stop()
+    assert failures == []
+    assert set(answers.values()) == {1, 2}, "the alias moves were not followed"
+    got = read_predictions(svc.store)
+    logged = got.groupby("request_id")["model_version"].agg(lambda v: sorted(set(v)))
+    assert {rid: v[0] for rid, v in logged.items() if len(v) == 1} == answers
+    assert all(len(v) == 1 for v in logged)
+
+
 # ---- auth ----------------------------------------------------------------------------------------------------
 
 
