@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=str(project), MLFLOW_TRACKING_URI=tracking.tracking_uri())
+    # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH even when not activated
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     servers: dict = {}
     if "ours" in wanted:
         port = free_port()
