@@ -9,8 +9,11 @@ then one column per feature and per key column that was sent. Next to them:
   whole, never dropped; `python -m serving.predlog repair <dir>` retries them).
 
 Durability: a row is written to the OS before its response is sent, so `kill -9` loses nothing answered.
-A machine crash can lose what was not fsynced yet: the journal is fsynced every `journal_fsync_seconds`
-(0: before every response), and a Parquet part is fsynced before the journal segment it came from goes.
+A machine crash (power, kernel) can lose what was not fsynced yet. By default the segment being appended to
+is not fsynced (a periodic fsync stalls the appends behind it, which shows in p99 latency); a segment is
+fsynced when it is sealed, and each Parquet part before the segment it came from is deleted, so a crash
+loses at most the open segment: `flush_seconds` / `flush_rows` of answered rows.
+`journal_fsync_seconds: N` also fsyncs the open segment every N seconds; 0 fsyncs before every response.
 
 python -m serving.predlog status|repair <dir>
 """
@@ -298,7 +301,7 @@ class PredictionLog:
         numeric: set[str] | None = None,
         flush_rows: int = 2000,
         flush_seconds: float = 5.0,
-        fsync_seconds: float = 1.0,
+        fsync_seconds: float | None = None,
     ):
         self.folder = Path(folder)
         self.default_schema = (set(categorical or ()), set(numeric or ()))
@@ -427,7 +430,7 @@ class PredictionLog:
             self._probe()
         if j.rows and (j.rows >= self.flush_rows or time.monotonic() - j.first_at >= self.flush_seconds):
             self._rotate()
-        if self.fsync_seconds > 0 and time.monotonic() - self._last_sync >= self.fsync_seconds:
+        if self.fsync_seconds and time.monotonic() - self._last_sync >= self.fsync_seconds:
             if j.size != self._synced_size:
                 self._synced_size = j.size
                 j.sync()
@@ -442,6 +445,10 @@ class PredictionLog:
             self.compaction_error = f"cannot start a journal segment: {exc.__class__.__name__}: {exc}"
             return
         if sealed is not None:
+            try:  # no one appends to it any more, so this stalls no request
+                os.fsync(sealed.fd)
+            except OSError as exc:
+                log.warning("prediction log: cannot fsync %s: %s", sealed.path.name, exc)
             self._sealed.append(sealed)
         self._sealed += self.journal.abandoned
         self.journal.abandoned = []
