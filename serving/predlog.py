@@ -364,6 +364,10 @@ class PredictionLog:
     # -- lifecycle
 
     def start(self) -> None:
+        try:  # dead letters an earlier process left keep the log degraded until repaired
+            self.dead_letter_rows = sum(len(e.labels) for e in read_dead_letters(self.folder))
+        except OSError:
+            pass
         try:
             self.journal.open()
         except OSError as exc:  # the thread keeps trying; /ready says why meanwhile
@@ -379,8 +383,7 @@ class PredictionLog:
         if self._thread is not None:
             self._thread.join(timeout=60)
         with self._work:
-            if (sealed := self.journal.close()) is not None:
-                self._sealed.append(sealed)
+            self._seal(self.journal.close())
             self._compact_sealed()
             for s in self._sealed:  # left for the next start (or `repair`) to compact
                 s.release(delete=False)
@@ -444,6 +447,9 @@ class PredictionLog:
         except OSError as exc:  # cannot start a new segment: keep appending to this one
             self.compaction_error = f"cannot start a journal segment: {exc.__class__.__name__}: {exc}"
             return
+        self._seal(sealed)
+
+    def _seal(self, sealed: Sealed | None) -> None:
         if sealed is not None:
             try:  # no one appends to it any more, so this stalls no request
                 os.fsync(sealed.fd)

@@ -248,6 +248,12 @@ def test_a_bad_request_never_drops_the_others_in_its_flush(tmp_path):
     assert [(e.request_id, len(e.rows)) for e in dead] == [("bad", 2)]
     assert plog.status()["dead_letter_rows"] == 2 and plog.status()["degraded"]
     assert store_status(tmp_path)["dead_letter_rows"] == 2
+    again = PredictionLog(tmp_path)  # a restart does not forget them
+    again.start()
+    again.close()
+    assert again.status()["dead_letter_rows"] == 2 and again.status()["degraded"]
+    assert repair(tmp_path)["dead_letter_rows_stored"] == 0  # still not storable: kept, not dropped
+    assert len(read_dead_letters(tmp_path)) == 1
 
 
 # ---- fuzzing /predict ------------------------------------------------------------------------------------------
