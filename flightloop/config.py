@@ -185,6 +185,11 @@ class ServingCfg(_Frozen):
     prediction_dir: Path = Path("data/predictions")
     flush_rows: int = Field(2000, ge=1)
     flush_seconds: float = Field(5.0, gt=0)
+    # None: a machine crash loses at most the open journal segment (flush_seconds/flush_rows of answered
+    # rows; no cost per request); N: also fsync it every N seconds (costs p99); 0: before every response
+    journal_fsync_seconds: float | None = Field(None, ge=0)
+    registry_retries: int = Field(1, ge=0)  # MLflow HTTP retries per alias check (the follower retries anyway)
+    registry_timeout_seconds: int = Field(10, ge=1)
     torch_threads: int = Field(1, ge=1)
 
 

@@ -19,6 +19,7 @@ import torch
 
 from models.packaged import Scorer, model_dir, scorer_from
 from models.preprocess import UNKNOWN
+from serving.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,33 @@ def load_version(name: str, version: int, cache: Path) -> LiveModel:
     return LiveModel(name, version, scorer, tags)
 
 
+class RegistryError(Exception):
+    """The registry could not answer (unreachable, refused, broken): not the same as "no such alias"."""
+
+
+def alias_version(name: str, alias: str) -> int | None:
+    """The version `models:/<name>@<alias>` names; None when it does not exist, RegistryError when the
+    registry cannot say (flightloop.registry.alias_version reads both as None)."""
+    import mlflow
+
+    from flightloop import registry, tracking
+
+    try:
+        return int(registry.client().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException as exc:
+        missing = exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+            exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)  # an unknown alias
+        )
+        if missing:
+            return None
+        where = redact(tracking.tracking_uri())
+        raise RegistryError(f"registry {where} did not answer: {redact(str(exc))[:500]}") from None
+    except Exception as exc:  # a store that cannot even be opened (SQLite path missing, ...)
+        where = redact(tracking.tracking_uri())
+        cause = f"{exc.__class__.__name__}: {redact(str(exc))[:500]}"
+        raise RegistryError(f"registry {where} unavailable: {cause}") from None
+
+
 class Follower:
     """Holds the live model and moves it to whatever version the alias names (poll + on demand).
 
@@ -123,31 +151,43 @@ class Follower:
         self._thread: threading.Thread | None = None
 
     def check(self) -> dict[str, Any]:
-        """Resolve the alias; load and swap in its version if it differs from the live one."""
-        from flightloop import registry
-
+        """Resolve the alias; load and swap in its version if it differs from the live one. On any failure
+        the live model (if any) keeps serving, and `last_error` says why."""
         with self._load_lock:
-            version = registry.alias_version(registry.client(), self.name, self.alias)
-            if version is None:
-                raise LookupError(f"models:/{self.name}@{self.alias} does not exist")
-            before = self.current.version if self.current else None
-            if version != before:
-                t0 = time.perf_counter()
-                new = load_version(self.name, version, self.cache)
-                self.current = new  # atomic swap
-                self.swaps += 1
-                log.warning(
-                    "serving: %s@%s v%s -> v%s (loaded in %.2fs)",
-                    self.name,
-                    self.alias,
-                    before,
-                    version,
-                    time.perf_counter() - t0,
-                )
-                if self._on_swap:
-                    self._on_swap(new)
+            try:
+                result = self._check()
+            except Exception as exc:
+                self.last_error = redact(f"{exc.__class__.__name__}: {exc}")
+                raise
             self.last_error = None
-            return {"version": version, "previous": before, "changed": version != before}
+            return result
+
+    def _check(self) -> dict[str, Any]:
+        version = alias_version(self.name, self.alias)
+        if version is None:
+            raise LookupError(f"models:/{self.name}@{self.alias} does not exist")
+        before = self.current.version if self.current else None
+        if version != before:
+            t0 = time.perf_counter()
+            try:
+                new = load_version(self.name, version, self.cache)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"cannot load {self.name} v{version}: {exc.__class__.__name__}: {redact(str(exc))[:500]}"
+                ) from None
+            if self._on_swap:  # before the swap: the first request on `new` finds it described
+                self._on_swap(new)
+            self.current = new  # atomic swap
+            self.swaps += 1
+            log.warning(
+                "serving: %s@%s v%s -> v%s (loaded in %.2fs)",
+                self.name,
+                self.alias,
+                before,
+                version,
+                time.perf_counter() - t0,
+            )
+        return {"version": version, "previous": before, "changed": version != before}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="alias-follower", daemon=True)
@@ -163,8 +203,7 @@ class Follower:
             try:
                 self.check()
                 wait = self.poll_seconds
-            except Exception as exc:  # registry down or no champion yet: stay up, retry soon
-                self.last_error = f"{exc.__class__.__name__}: {exc}"
+            except Exception:  # registry down or no champion yet: stay up, retry soon (check set last_error)
                 log.warning("serving: cannot load %s@%s: %s", self.name, self.alias, self.last_error)
                 wait = min(self.poll_seconds, 2.0)
             self._stop.wait(wait)

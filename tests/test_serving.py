@@ -81,8 +81,10 @@ def rows(project) -> list[dict]:
 
 
 def test_health_ready_model_metrics(server):
-    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
-    assert httpx.get(server.url + "/ready").json()["model_version"] == 1
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["prediction_log"]["degraded"] is False
+    ready = httpx.get(server.url + "/ready").json()
+    assert ready["model_version"] == 1 and ready["registry_error"] is None
     info = httpx.get(server.url + "/model").json()
     assert info["version"] == 1 and info["alias"] == "champion" and info["data_hash"].endswith(".dir")
     assert "carrier" in info["features"]
@@ -163,7 +165,8 @@ def test_token_auth_401_without_bearer(project, monkeypatch):
         ServingCfg(prediction_dir=project / "tmp-preds"), "flight-delay", token="s3cret", start_follower=False
     )
     with TestClient(app) as client:
-        for method, path in (("post", "/predict"), ("get", "/model"), ("post", "/reload"), ("get", "/metrics")):
+        guarded = [("post", "/predict"), ("get", "/model"), ("post", "/reload"), ("get", "/metrics")]
+        for method, path in [*guarded, ("get", "/docs"), ("get", "/openapi.json")]:
             assert getattr(client, method)(path).status_code == 401
             wrong = getattr(client, method)(path, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401 and wrong.json()["field"] == "authorization"
@@ -291,7 +294,8 @@ def test_prediction_log_flushes_on_close_and_reads_windows(tmp_path):
     log.put("a", day1, 1, [{"carrier": "AA", "distance": 100.0}], [0.1], [0])
     log.put("b", day2, 2, [{"carrier": None, "distance": None, "flight": 12}], [0.9], [1])
     log.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["date=2024-03-01", "date=2024-03-02"]
+    assert sorted(p.name for p in tmp_path.glob("date=*")) == ["date=2024-03-01", "date=2024-03-02"]
+    assert list((tmp_path / "_journal").iterdir()) == []  # a clean close compacts the whole journal
     everything = read_predictions(tmp_path)
     assert everything["request_id"].tolist() == ["a", "b"] and everything["label_pred"].tolist() == [0, 1]
     later = read_predictions(tmp_path, since=datetime(2024, 3, 2))
