@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flightloop import tracking
+from flightloop.redact import redact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_PREFIX = "champion_history."
@@ -43,14 +44,30 @@ def client():
     return mlflow.MlflowClient()
 
 
+class RegistryError(Exception):
+    """The registry could not answer (unreachable, refused, broken): not the same as "no such alias"."""
+
+
 def alias_version(client, name: str, alias: str = CHAMPION) -> int | None:
-    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    """The version an alias points at; None when the alias (or the model) does not exist; RegistryError,
+    naming the store (credentials masked), when the registry cannot say."""
     import mlflow
 
     try:
         return int(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+    except mlflow.exceptions.MlflowException as exc:
+        missing = exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+            exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)  # an unknown alias
+        )
+        if missing:
+            return None
+        where = redact(tracking.tracking_uri())
+        raise RegistryError(f"registry {where} did not answer: {redact(str(exc))[:500]}") from None
+    except Exception as exc:  # a store that cannot even be opened (SQLite path missing, ...)
+        where = redact(tracking.tracking_uri())
+        raise RegistryError(
+            f"registry {where} unavailable: {exc.__class__.__name__}: {redact(str(exc))[:500]}"
+        ) from None
 
 
 def flow_run() -> dict[str, Any]:

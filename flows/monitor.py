@@ -71,14 +71,18 @@ def monitoring(
         times = pd.to_datetime(current[data.time_column])
         own = data.label in current.columns  # a batch that carries its labels is its own label feed
         label_rows = current.assign(**{data.time_column: times}) if own else labels.features
-        newest = None
+        newest, skipped = None, []
     else:
         current = read_predictions(project / params.serving.prediction_dir, since=state.log_watermark)
+        unread = current.attrs.get("skipped") or {}  # unreadable parts of the store, left out with a report
+        skipped = [*unread.get("corrupt_parts", []), *unread.get("journal_records", [])]
+        if skipped:
+            logger.warning("monitoring: %d unreadable prediction-log part(s) skipped: %s", len(skipped), skipped[:5])
         if state.log_watermark is not None:  # `since` is inclusive: the newest row read last time is not new
             current = current[current["ts"] > pd.Timestamp(state.log_watermark).tz_localize("UTC")]
         if current.empty:
             logger.info("monitoring: nothing new since %s", state.log_watermark)
-            return {"skipped": "no new rows", "since": str(state.log_watermark)}
+            return {"skipped": "no new rows", "since": str(state.log_watermark), "skipped_parts": skipped}
         times, label_rows = current["ts"], labels.features
         newest = times.max()
     start = window_start or state.last_window_end or times.min()
@@ -113,7 +117,8 @@ def monitoring(
     create_table_artifact(
         key="monitoring-window",
         table=[{"figure": k, "value": round(v, 4)} for k, v in figures.items() if not k.startswith("drift.")]
-        + [{"figure": "decision", "value": f"{decision.kind}: retrain={decision.retrain}"}],
+        + [{"figure": "decision", "value": f"{decision.kind}: retrain={decision.retrain}"}]
+        + [{"figure": "unreadable log parts skipped", "value": len(skipped)}],
         description=f"Monitoring of {name} v{version}, window {summary.window_id}: " + "; ".join(decision.reasons),
     )
     return {
@@ -122,4 +127,5 @@ def monitoring(
         "files": {k: str(v) for k, v in files.items()},
         "events": outcome.events,
         "mlflow_run_id": run_id,
+        "skipped_parts": [str(x) for x in skipped],
     }

@@ -34,9 +34,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel
 
 from flightloop.config import ServingCfg
+from flightloop.redact import RedactFilter, redact
 from serving.model import Follower, LiveModel
 from serving.predlog import LogUnavailable, PredictionLog
-from serving.redact import RedactFilter, redact
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "SERVING_TOKEN"

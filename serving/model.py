@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from flightloop.redact import redact
 from models.packaged import Scorer, model_dir, scorer_from
 from models.preprocess import UNKNOWN
-from serving.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -107,31 +107,11 @@ def load_version(name: str, version: int, cache: Path) -> LiveModel:
     return LiveModel(name, version, scorer, tags)
 
 
-class RegistryError(Exception):
-    """The registry could not answer (unreachable, refused, broken): not the same as "no such alias"."""
-
-
 def alias_version(name: str, alias: str) -> int | None:
-    """The version `models:/<name>@<alias>` names; None when it does not exist, RegistryError when the
-    registry cannot say (flightloop.registry.alias_version reads both as None)."""
-    import mlflow
+    """The version `models:/<name>@<alias>` names (None: no such alias; RegistryError: no answer)."""
+    from flightloop import registry
 
-    from flightloop import registry, tracking
-
-    try:
-        return int(registry.client().get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException as exc:
-        missing = exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
-            exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)  # an unknown alias
-        )
-        if missing:
-            return None
-        where = redact(tracking.tracking_uri())
-        raise RegistryError(f"registry {where} did not answer: {redact(str(exc))[:500]}") from None
-    except Exception as exc:  # a store that cannot even be opened (SQLite path missing, ...)
-        where = redact(tracking.tracking_uri())
-        cause = f"{exc.__class__.__name__}: {redact(str(exc))[:500]}"
-        raise RegistryError(f"registry {where} unavailable: {cause}") from None
+    return registry.alias_version(registry.client(), name, alias)
 
 
 class Follower:

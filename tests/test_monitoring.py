@@ -427,3 +427,18 @@ def test_monitoring_needs_no_prepared_data(monitored_project, prefect_api):
     shutil.rmtree(project / "data" / "prepared")
     out = monitoring(batch=str(batch), html=False, project_dir=str(project))
     assert out["summary"]["reference_rows"] > 1000 and out["decision"]["kind"] == "data_drift"
+
+
+def test_a_corrupt_part_of_the_prediction_log_is_skipped_with_a_report(prefect_api, tmp_path):
+    """Monitoring reads the store the service writes; a part it cannot read is reported, not fatal."""
+    import shutil
+
+    from flows.monitor import monitoring
+    from tests.conftest import REPO
+
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    part = tmp_path / "data" / "predictions" / "date=2013-04-08" / "part-broken.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"PAR1 this is not a parquet file")
+    out = monitoring(project_dir=str(tmp_path))
+    assert out["skipped"] == "no new rows" and out["skipped_parts"] == [str(part)]

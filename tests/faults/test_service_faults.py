@@ -625,7 +625,7 @@ def test_is_loopback(host, loopback):
 
 
 def test_redaction_masks_uri_credentials(monkeypatch):
-    from serving.redact import redact
+    from flightloop.redact import redact
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:p%40ss-w0rd@mlflow.example:443/")
     text = "API request to https://alice:p%40ss-w0rd@mlflow.example:443/api failed; password p@ss-w0rd"
