@@ -125,7 +125,8 @@ class Sealed:
         os.close(self.fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a new or renamed entry of `path` durable (the file's own fsync does not cover its name)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -156,7 +157,7 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
         _lock(fd)  # a fresh name: nobody else can hold it
         try:
-            _fsync_dir(self.folder)  # the segment itself survives a crash, not only its bytes
+            fsync_dir(self.folder)  # the segment itself survives a crash, not only its bytes
         except OSError:
             pass
         return fd, path

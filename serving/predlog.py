@@ -243,14 +243,6 @@ def read_dead_letters(folder: Path | str) -> list[Entry]:
 # ---- writing ---------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, write) -> None:
     """Write to a hidden temporary, fsync, rename: readers never see half a file, a crash never loses it."""
     import pyarrow as pa
@@ -266,7 +258,7 @@ def _write_atomic(path: Path, write) -> None:
         finally:
             os.close(fd)
         tmp.replace(path)
-        _fsync_dir(path.parent)
+        journal.fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

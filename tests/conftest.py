@@ -56,6 +56,23 @@ def make_project(root: Path, overrides: dict | None = None) -> Path:
     return make_workspace(REPO, project, {**SMALL, **(overrides or {})}, env=project_env(project))
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leak():
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI: a test that points MLflow at its
+    project must not send a later test's runs to that store (CI once replayed into another test's
+    store this way). Restores the variable and MLflow's process-wide URI after every test."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(saved)  # None unsets both the process-wide URI and the variable
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 @pytest.fixture(scope="session")
 def small_project(tmp_path_factory) -> Path:
     """One shrunk project on which `dvc repro` has run once (shared by the smoke tests)."""

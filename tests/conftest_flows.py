@@ -62,37 +62,51 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m serving` in a project, on a free loopback port."""
+    """`python -m serving` in a project, on a free loopback port; its output in `log_path`."""
 
-    def __init__(self, project: Path, env: dict | None = None):
+    def __init__(self, project: Path, env: dict | None = None, args: tuple = (), name: str = "serve"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(project / f"serve-{self.port}.log", "w")  # noqa: SIM115
+        self.log_path = project / f"{name}-{self.port}.log"
+        self._out = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            ["python", "-m", "serving", "--port", str(self.port)],
+            ["python", "-m", "serving", "--port", str(self.port), *args],
             cwd=project,
             env={**project_env(project), **(env or {})},
-            stdout=self.log,
+            stdout=self._out,
             stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.time() + timeout
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait(self, path: str = "/ready", status: int = 200, timeout: float = 90) -> httpx.Response:
+        """Until `path` answers `status`; fails at once, with the log, if the process died."""
+        deadline, last = time.time() + timeout, None
         while time.time() < deadline:
-            assert self.proc.poll() is None, Path(self.log.name).read_text()
+            assert self.proc.poll() is None, self.log()
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
+                last = httpx.get(self.url + path, timeout=5)
+                if last.status_code == status:
+                    return last
             except httpx.HTTPError:
                 pass
-            time.sleep(0.3)
-        raise AssertionError("server not ready:\n" + Path(self.log.name).read_text())
+            time.sleep(0.2)
+        raise AssertionError(f"{path} never answered {status} (last: {last and last.text}):\n{self.log()[-3000:]}")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        self.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._out.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self.log.close()
+        self._out.close()

@@ -57,8 +57,10 @@ def replayed(tmp_path_factory):
         },
     )
     env = project_env(project)
-    saved = {k: os.environ.get(k) for k in ("PATH", "PYTHONPATH")}
+    saved = {k: os.environ.get(k) for k in ("PATH", "PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    # as `make replay` runs it: the project's own store (not one an earlier test pointed MLflow at)
     os.environ.update(PATH=env["PATH"], PYTHONPATH=env["PYTHONPATH"])
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     deployment = deployment_id_for("retraining", str(project))
     # the production loop, as `make ui` sets it up: its automation listens for the production model
     alerts.ensure_retrain_automation(str(deployment), model_name="flight-delay", name="retrain on drift (replay test)")

@@ -72,12 +72,17 @@ def server(project):
         srv.stop()
 
 
-@pytest.fixture(scope="module")
-def rows(project) -> list[dict]:
+def request_rows(project: Path, n: int = 40) -> list[dict]:
+    """`n` rows of the project's test month as a client sends them: the model's features and the key."""
     meta = json.loads(next((project / "mlartifacts").rglob("artifacts/meta.json")).read_text())
-    frame = pd.read_parquet(project / "data" / "prepared" / "test.parquet").head(40)
+    frame = pd.read_parquet(project / "data" / "prepared" / "test.parquet").head(n)
     cols = meta["features"] + [k for k in meta["key"] if k not in meta["features"]]
     return json.loads(frame[cols].to_json(orient="records"))
+
+
+@pytest.fixture(scope="module")
+def rows(project) -> list[dict]:
+    return request_rows(project)
 
 
 def test_health_ready_model_metrics(server):

@@ -24,8 +24,8 @@ import yaml
 from serving import journal
 from serving.predlog import PredictionLog, read_dead_letters, read_predictions, repair, store_status
 from tests.conftest import VENV_BIN, make_project, project_env, run
-from tests.conftest_flows import free_port
-from tests.test_serving import MAKE_V2
+from tests.conftest_flows import Server, free_port
+from tests.test_serving import MAKE_V2, request_rows
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +41,11 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rows(project) -> list[dict]:
-    meta = json.loads(next((project / "mlartifacts").rglob("artifacts/meta.json")).read_text())
-    frame = pd.read_parquet(project / "data" / "prepared" / "test.parquet").head(40)
-    cols = meta["features"] + [k for k in meta["key"] if k not in meta["features"]]
-    return json.loads(frame[cols].to_json(orient="records"))
+    return request_rows(project)
 
 
-class Service:
-    """`python -m serving` with its own params file (serving section overridden) on a free loopback port."""
+class Service(Server):
+    """The service on its own copy of params.yaml (`serving` overrides) and prediction store."""
 
     def __init__(self, project: Path, name: str, serving: dict | None = None, env: dict | None = None, args=()):
         raw = yaml.safe_load((project / "params.yaml").read_text())
@@ -56,33 +53,7 @@ class Service:
         self.params = project / f"params-{name}.yaml"
         self.params.write_text(yaml.safe_dump(raw))
         self.store = project / raw["serving"]["prediction_dir"]
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = project / f"serve-{name}-{self.port}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["python", "-m", "serving", "--params", str(self.params), "--port", str(self.port), *args],
-            cwd=project,
-            env={**project_env(project), **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait(self, path: str = "/ready", status: int = 200, timeout: float = 90) -> httpx.Response:
-        deadline, last = time.time() + timeout, None
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                last = httpx.get(self.url + path, timeout=5)
-                if last.status_code == status:
-                    return last
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{path} never answered {status} (last: {last and last.text}):\n{self.log()[-3000:]}")
+        super().__init__(project, env, ("--params", str(self.params), *args), name=f"serve-{name}")
 
     def health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=10).json()["prediction_log"]
@@ -90,20 +61,6 @@ class Service:
     def metric(self, name: str, headers: dict | None = None) -> float:
         text = httpx.get(self.url + "/metrics", headers=headers, timeout=10).text
         return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log.close()
 
 
 def until(check, timeout: float = 30, what: str = "condition"):
