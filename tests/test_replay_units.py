@@ -276,7 +276,7 @@ def test_a_block_longer_than_the_series_still_gives_an_interval():
     from monitoring.replay import block_bootstrap_ci
 
     low, high = block_bootstrap_ci(np.array([0.0, 0.01, 0.05, -0.02]), resamples=500, block=4, seed=0)
-    assert low < high
+    assert high - low > 0.01  # rotations alone differ by float rounding only
     assert np.isnan(block_bootstrap_ci(np.array([]), resamples=500, block=4, seed=0)[0])
 
 
