@@ -42,6 +42,7 @@ from flows.workspace import clone_workspace, make_workspace
 from monitoring import report
 from monitoring.loop import WindowOutcome, decide_window, load_champion
 from monitoring.replay import (
+    LEVEL,
     Window,
     apply_scenario,
     evidence_text,
@@ -458,7 +459,7 @@ def replay(
         "tuning_half": tuned.to_dict("records"),
         "held_out_half": held_out.to_dict("records"),
         "goal": goal,
-        "bootstrap": {**boot.model_dump(), "level": 0.95, "method": "circular block bootstrap over windows"},
+        "bootstrap": {**boot.model_dump(), "level": LEVEL, "method": "circular block bootstrap over windows"},
         "vs_never": evidence.to_dict("records"),
         "vs_never_text": said,
     }
@@ -503,7 +504,7 @@ def replay(
     create_table_artifact(
         key="replay-evidence",
         table=json.loads(evidence.to_json(orient="records")),
-        description="Each policy minus `never`, paired by window (seeds averaged), with 95% circular "
+        description=f"Each policy minus `never`, paired by window (seeds averaged), with {LEVEL:.0%} circular "
         f"block-bootstrap intervals ({boot.resamples} resamples, blocks of {boot.block_windows} windows):\n\n"
         + "\n".join(f"- {line}" for line in said),
     )

@@ -112,6 +112,7 @@ def retained_improvement(summary: pd.DataFrame, policy: str, reference: str = "m
 # --- paired evidence: each policy against `never`, window by window --------------------------------------
 
 METRICS = {"roc_auc": "higher", "brier": "lower"}  # which way is better
+LEVEL = 0.95  # coverage of the intervals
 _NOISE = 1e-12  # a bound this close to 0 is float rounding, far below any metric difference that matters
 EVIDENCE_COLUMNS = [
     "policy",
@@ -142,7 +143,7 @@ def paired_differences(table: pd.DataFrame, policy: str, metric: str, base: str 
 
 
 def block_bootstrap_ci(
-    values: np.ndarray | pd.Series, resamples: int, block: int, seed: int, level: float = 0.95
+    values: np.ndarray | pd.Series, resamples: int, block: int, seed: int, level: float = LEVEL
 ) -> tuple[float, float]:
     """Percentile interval of the mean of a time series by the circular block bootstrap: each resample
     joins blocks of `block` consecutive values (wrapping at the end) drawn at random starts, so values
@@ -178,7 +179,7 @@ def vs_base(
     block: int,
     seed: int,
     base: str = "never",
-    level: float = 0.95,
+    level: float = LEVEL,
 ) -> pd.DataFrame:
     """Each policy against `base`, for all windows, the tuning half (windows starting by `tune_until`)
     and the held-out half: the paired difference of mean ROC-AUC and mean Brier (policy minus base;
@@ -215,7 +216,7 @@ def vs_base(
     return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
 
 
-def evidence_text(evidence: pd.DataFrame, base: str = "never", level: float = 0.95) -> list[str]:
+def evidence_text(evidence: pd.DataFrame, base: str = "never", level: float = LEVEL) -> list[str]:
     """One sentence per row of `vs_base`: the difference, its interval, and whether it excludes 0."""
     lines = []
     for r in evidence.itertuples(index=False):
