@@ -337,3 +337,95 @@ def test_bad_replay_seeds_and_bootstrap_are_refused(override, message):
 
     with pytest.raises(ParamsError, match=message):
         load_params(REPO / "params.yaml", overrides=override)
+
+
+@pytest.mark.parametrize("count, suffixes", [(None, ["-s0", "-s1", "-s2"]), (1, [""])])
+def test_the_replay_runs_every_policy_per_seed_and_writes_the_evidence(tmp_path, monkeypatch, count, suffixes):
+    """The flow's wiring with its steps stubbed (no training, no service): one initial champion per seed
+    trained with train.seed + seed, a workspace and model per policy and seed (a one-seed replay keeps the
+    names of a replay before seeds), the `seed` column, evidence.csv, summary.json and the artifacts."""
+    import json
+    import logging
+
+    import mlflow
+
+    import flows.replay as fr
+    from flightloop.config import load_params
+    from tests.conftest import REPO
+
+    rcfg = load_params(REPO / "params.yaml").replay_cfg()
+    n_weeks = len(windows(rcfg.start, rcfg.end, rcfg.window_days))
+    made, cloned, copied, artifacts = {}, {}, [], {}
+    versions = iter(range(7, 100))
+
+    def make_workspace(root, dest, overrides):
+        dest.mkdir(parents=True)
+        made[dest.name] = overrides
+        return dest
+
+    def clone_workspace(source, dest, overrides):
+        cloned[dest.name] = (source.name, overrides["register.model_name"])
+        return dest
+
+    def replay_policy(policy, workspace, rcfg, labels, progress, seed):
+        k, gain = {"never": (0, 0.0), "monthly": (1, 0.005), "drift": (2, 0.02)}[policy]
+        season = 0.72 + np.random.default_rng(seed).normal(0, 0.03, n_weeks)  # the same for every policy
+        own = np.random.default_rng([seed, k]).normal(0, 0.002, n_weeks)  # each policy's own noise
+        weeks = [w.window_id for w in windows(rcfg.start, rcfg.end, rcfg.window_days)]
+        return [
+            {
+                "policy": policy,
+                "seed": seed,
+                "window": w,
+                "roc_auc": a + gain,
+                "brier": 0.2 - gain / 4,
+                "retrained": gain > 0 and i % 8 == 3,
+                "promoted": False,
+                "train_seconds": 1.0,
+            }
+            for i, (w, a) in enumerate(zip(weeks, season + own, strict=True))
+        ]
+
+    monkeypatch.setattr(fr, "get_run_logger", lambda: logging.getLogger("replay-test"))
+    monkeypatch.setattr(fr, "make_workspace", make_workspace)
+    monkeypatch.setattr(fr, "clone_workspace", clone_workspace)
+    monkeypatch.setattr(fr, "training", lambda params, project_dir: {"registered": {"version": next(versions)}})
+    monkeypatch.setattr(fr, "register_copy", lambda base, version, name: copied.append((base, version, name)))
+    monkeypatch.setattr(fr, "replay_policy", replay_policy)
+    monkeypatch.setattr(fr, "SourceLabels", lambda data: None)
+    monkeypatch.setattr(
+        fr, "create_table_artifact", lambda key, table, description: artifacts.update({key: description})
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        result = fr.replay.fn(project_dir=str(REPO), out_dir=str(tmp_path / "out"), seeds=count)
+    finally:
+        mlflow.set_tracking_uri(None)  # tracking.setup set it process-wide
+
+    seeds = list(rcfg.seeds[: count or len(rcfg.seeds)])
+    assert result["seeds"] == seeds and len(seeds) == len(suffixes)
+    assert {name: (o["register.model_name"], o["train.seed"]) for name, o in made.items()} == {
+        f"base{x}": (f"flight-delay-replay-base{x}", 42 + s) for s, x in zip(seeds, suffixes, strict=True)
+    }
+    assert cloned == {
+        f"{p}{x}": (f"base{x}", f"flight-delay-replay-{p}{x}") for x in suffixes for p in ("never", "monthly", "drift")
+    }
+    base_version = {f"flight-delay-replay-base{x}": 7 + i for i, x in enumerate(suffixes)}
+    assert all(
+        base_version[base] == v and name.endswith(base[len("flight-delay-replay-base") :]) for base, v, name in copied
+    )
+
+    out = tmp_path / "out"
+    table = pd.read_csv(out / "windows.csv")
+    assert sorted(table["seed"].unique()) == seeds and len(table) == n_weeks * 3 * len(seeds)
+    evidence = pd.read_csv(out / "evidence.csv")
+    assert len(evidence) == 2 * 3 * 2 and (evidence["seeds"] == len(seeds)).all()
+    drift = _row(evidence, "drift", "all", "roc_auc")
+    assert drift["excludes_zero"] and drift["ci_low"] <= 0.02 <= drift["ci_high"] and drift["windows"] == n_weeks
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["vs_never"]) == 12 and summary["bootstrap"]["block_windows"] == rcfg.bootstrap.block_windows
+    assert any(
+        "drift vs never, all, roc_auc" in t and "excludes 0: drift is better" in t for t in summary["vs_never_text"]
+    )
+    assert "excludes 0" in artifacts["replay-evidence"] and "replay-summary" in artifacts
+    assert {"replay.png", "replay.html", "summary.csv"} <= {p.name for p in out.iterdir()}
