@@ -24,13 +24,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install (CPU torch unless one is installed already)
 
-demo: install ## the main job: the pipeline on the default data, then the replay of 2013 under each policy
+demo: install ## the main job: the pipeline on the default data, then the replay of 2013 under each policy (1 seed)
 	dvc repro
 	@echo; dvc metrics show; echo
-	$(PY) -m flows.replay
-	@echo; echo "Replay: reports/replay/ (summary.csv, windows.csv, replay.png, replay.html); runs: make ui"
+	$(PY) -m flows.replay --seeds 1
+	@echo; echo "Replay: reports/replay/ (summary.csv, evidence.csv, windows.csv, replay.png, replay.html); runs: make ui"
 
-replay: install ## only the replay (python -m flows.replay; QUICK=1 for a tiny one)
+replay: install ## only the replay, every seed of replay.seeds (python -m flows.replay; QUICK=1 for a tiny one)
 	$(PY) -m flows.replay $(if $(QUICK),--quick,)
 
 pipeline: install ## dvc repro

@@ -263,8 +263,16 @@ class Scenario(_Frozen):
     until: str | None = None  # keep applying it to later windows up to this id (a lasting shift)
 
 
+class BootstrapCfg(_Frozen):
+    """The replay's confidence intervals: a circular block bootstrap over windows (a time series)."""
+
+    resamples: int = Field(ge=100)  # bootstrap resamples per interval
+    block_windows: int = Field(ge=1)  # windows per block: neighbouring weeks move together (weather, season)
+    seed: int  # the resampling RNG's seed: the same table gives the same interval
+
+
 class ReplayCfg(_Frozen):
-    """The replay of a year of production: windows, policies to compare, what-ifs."""
+    """The replay of a year of production: windows, policies to compare, seeds, what-ifs."""
 
     start: str = "2013-07-01"  # first production window (the initial champion was trained before)
     end: str = "2013-12-31"
@@ -272,6 +280,9 @@ class ReplayCfg(_Frozen):
     tune_until: str = "2013-09-30"  # policies were tuned on windows starting by then; later ones are held out
     request_rows: int = Field(1000, ge=1)  # rows per /predict request
     workers: int = Field(2, ge=1)  # policies replayed at once (each in its own workspace and service)
+    # every policy is replayed once per seed s, each (re)training with train.seed + s (s=0: train.seed)
+    seeds: tuple[int, ...] = Field(min_length=1)
+    bootstrap: BootstrapCfg  # each policy vs `never`: paired differences with intervals
     train: dict[str, Any]  # params overrides for every (re)training (may be empty)
     policies: dict[str, dict[str, Any]]  # name -> overrides of the `policy:` section
     scenarios: tuple[Scenario, ...] = ()  # what-ifs planted in the stream (tests, policy drills)
@@ -286,6 +297,15 @@ class ReplayCfg(_Frozen):
             except ValidationError as exc:
                 bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise ValueError(f"policy {name!r}: {bad}") from None
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_valid(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds repeat: {list(value)}")
+        if any(s < 0 for s in value):
+            raise ValueError(f"seeds must be >= 0 (offsets added to train.seed), got {list(value)}")
         return value
 
 

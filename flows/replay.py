@@ -7,7 +7,10 @@ arrived after their delay), the policy decides, and a retrain goes through the r
 newly labelled rows are ingested as a new DVC data version, the training flow runs the dvc.yaml
 stages, the gate decides, and the service follows the new champion.
 
-`python -m flows.replay [--quick]` (the main job of `make demo`)."""
+Every policy is replayed once per seed of `replay.seeds` (the training seed changed), and each policy is
+compared with `never` window by window, with block-bootstrap intervals (reports/replay/evidence.csv).
+
+`python -m flows.replay [--quick] [--seeds N]` (the main job of `make demo`)."""
 
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,11 +41,22 @@ from flows.training import TrainingParams, training
 from flows.workspace import clone_workspace, make_workspace
 from monitoring import report
 from monitoring.loop import WindowOutcome, decide_window, load_champion
-from monitoring.replay import Window, apply_scenario, policy_summary, retained_improvement, rows_in, windows
+from monitoring.replay import (
+    LEVEL,
+    Window,
+    apply_scenario,
+    evidence_text,
+    policy_summary,
+    retained_improvement,
+    rows_in,
+    vs_base,
+    windows,
+)
 from monitoring.report import StateStore
 from serving.predlog import read_predictions
 
 OUT = paths.REPORTS / "replay"
+T = TypeVar("T")
 
 
 def _tracking_env(root: Path) -> None:
@@ -64,6 +79,14 @@ def stage_threads(workers: int) -> Iterator[int]:
         yield int(os.environ["OMP_NUM_THREADS"])
     finally:
         os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def at_once(calls: Sequence[Callable[[], T]], workers: int) -> list[T]:
+    """Run `calls`, `workers` at a time, each thread in a copy of the caller's context (the flow run's, so
+    subflows and logs in them belong to it); their results in the order of `calls`."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]  # copies taken here
+        return [f.result() for f in futures]
 
 
 def register_copy(base_name: str, version: int, name: str) -> int:
@@ -200,9 +223,10 @@ def replay_window(
 
 
 def replay_policy(
-    policy: str, workspace: Path, rcfg: ReplayCfg, labels: SourceLabels, progress
+    policy: str, workspace: Path, rcfg: ReplayCfg, labels: SourceLabels, progress, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """One policy over every window, through the loop's own steps; returns one row per window.
+    """One policy (of one replay seed) over every window, through the loop's own steps; returns one row
+    per window.
 
     Each window is played by `replay_window` and, when the policy says so, retrained by the retraining
     flow's step (`retrain_in`) with the same label feed as production; the service is told about a new
@@ -214,7 +238,7 @@ def replay_policy(
     with Service(params, workspace, params.register_.model_name) as svc:
         for w in windows(rcfg.start, rcfg.end, rcfg.window_days):
             outcome, row = replay_window(w, svc, params, store, labels.features, rcfg, workspace / report.QUARANTINE)
-            row = {"policy": policy, **row}
+            row = {"policy": policy, "seed": seed, **row}
             request = outcome.decision.request
             if request is not None:
                 t0 = time.perf_counter()
@@ -230,12 +254,13 @@ def replay_policy(
                 logger.info("%s %s: retrained (%s), gate: %s", policy, w.window_id, request.kind, why)
             rows.append(row)
             progress.update(1)
-            progress.set_postfix(policy=policy, window=w.window_id, v=row["champion_version"])
+            progress.set_postfix(policy=policy, seed=seed, window=w.window_id, v=row["champion_version"])
     return rows
 
 
 def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
-    """PNG and interactive HTML of AUC and Brier per window, retrains marked."""
+    """PNG and interactive HTML of AUC and Brier per window (mean over seeds, band: their range),
+    windows where a seed retrained marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,23 +268,38 @@ def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    table = table if "seed" in table.columns else table.assign(seed=0)
+    several = table["seed"].nunique() > 1
+    how = " (mean of seeds, band: their range)" if several else ""
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     html = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("ROC-AUC", "Brier (lower is better)"))
     for policy, part in table.groupby("policy", sort=False):
-        x = pd.to_datetime(part["window"])
+        per_window = part.groupby("window")
+        x = pd.to_datetime(pd.Series(sorted(per_window.groups)))
+        hit = per_window["retrained"].any().to_numpy(dtype=bool)  # a retrain in any seed
         for i, metric in enumerate(("roc_auc", "brier")):
-            line = axes[i].plot(x, part[metric], marker=".", label=policy)[0]
-            hit = part["retrained"].astype(bool)
-            axes[i].scatter(x[hit], part.loc[hit, metric], marker="^", s=60, color=line.get_color(), zorder=3)
+            mean, low, high = (per_window[metric].agg(f).to_numpy() for f in ("mean", "min", "max"))
+            line = axes[i].plot(x, mean, marker=".", label=policy)[0]
+            if several:
+                axes[i].fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            axes[i].scatter(x[hit], mean[hit], marker="^", s=60, color=line.get_color(), zorder=3)
             html.add_trace(
-                go.Scatter(x=x, y=part[metric], mode="lines+markers", name=f"{policy} {metric}", legendgroup=policy),
+                go.Scatter(x=x, y=mean, mode="lines+markers", name=f"{policy} {metric}", legendgroup=policy),
                 row=i + 1,
                 col=1,
             )
+            if several:
+                band = {"mode": "lines", "line": {"width": 0}, "showlegend": False, "legendgroup": policy}
+                html.add_trace(go.Scatter(x=x, y=high, name=f"{policy} max", **band), row=i + 1, col=1)
+                html.add_trace(
+                    go.Scatter(x=x, y=low, name=f"{policy} min", fill="tonexty", opacity=0.2, **band),
+                    row=i + 1,
+                    col=1,
+                )
             html.add_trace(
                 go.Scatter(
                     x=x[hit],
-                    y=part.loc[hit, metric],
+                    y=mean[hit],
                     mode="markers",
                     showlegend=False,
                     marker={"symbol": "triangle-up", "size": 11},
@@ -271,15 +311,30 @@ def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
             )
     axes[0].set_ylabel("ROC-AUC")
     axes[1].set_ylabel("Brier")
-    axes[0].set_title("Replay of 2013: champion quality per window (triangles: retrains)")
+    axes[0].set_title(f"Replay of 2013: champion quality per window{how} (triangles: retrains)")
     axes[0].legend()
     fig.tight_layout()
     png, page = out / "replay.png", out / "replay.html"
     fig.savefig(png, dpi=100)
     plt.close(fig)
-    html.update_layout(title="Replay of 2013 (triangles: retrains)", height=650)
+    html.update_layout(title=f"Replay of 2013{how} (triangles: retrains)", height=650)
     html.write_html(page, include_plotlyjs=True)
     return png, page
+
+
+def seed_suffix(seed: int, seeds: Sequence[int]) -> str:
+    """What a seed adds to its workspaces' and models' names: nothing in a one-seed replay (the names of
+    a replay before seeds), `-s<seed>` when there are several."""
+    return "" if len(seeds) == 1 else f"-s{seed}"
+
+
+def pick_seeds(seeds: Sequence[int], count: int | None) -> list[int]:
+    """The first `count` of `seeds` (all of them for None)."""
+    if count is None:
+        return list(seeds)
+    if not 1 <= count <= len(seeds):
+        raise ValueError(f"asked for {count} seeds; replay.seeds has {len(seeds)}: {list(seeds)}")
+    return list(seeds[:count])
 
 
 def run_name() -> str:
@@ -296,16 +351,19 @@ def replay(
     overrides: dict[str, Any] | None = None,
     out_dir: str | None = None,
     project_dir: str | None = None,
+    seeds: int | None = None,
 ) -> dict[str, Any]:
-    """Replay the year under each policy and compare them; writes reports/replay/ (or `out_dir`).
+    """Replay the year under each policy and seed and compare the policies; writes reports/replay/ (or
+    `out_dir`).
 
     Args:
-        quick: three windows and a tiny model (a check that everything runs, not a result)
+        quick: three windows, one seed and a tiny model (a check that everything runs, not a result)
         policies: replay only these of params.yaml's `replay.policies` (default: all)
         overrides: dotted keys of params.yaml for this replay only, e.g. {"policy.training_window":
             "expanding"}: its workspaces get them, the project's params.yaml is left as it is
         out_dir: where the reports go, relative to the project (default: reports/replay)
         project_dir: the project checkout (default: the runner's working directory)
+        seeds: replay only the first this many of `replay.seeds` (default: all of them)
     """
     from tqdm import tqdm
 
@@ -318,6 +376,9 @@ def replay(
     unknown = set(chosen) - set(rcfg.policies)
     if unknown:
         raise ValueError(f"unknown policies {sorted(unknown)}; params.yaml replay.policies has {list(rcfg.policies)}")
+    replay_seeds = pick_seeds(rcfg.seeds, seeds)
+    # a replay seed is an offset to the training seed the replay would use anyway (seed 0: that one)
+    train_seed = load_params(root / paths.PARAMS, overrides={**overrides, **rcfg.train}).train.seed
     out = root / (out_dir or OUT)
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -328,40 +389,42 @@ def replay(
 
     t0 = time.perf_counter()
     labels = SourceLabels(params.data)
-    base_name = f"{params.register_.model_name}-replay-base"
-    base = make_workspace(
-        root,
-        work / "base",
-        {**overrides, "register.model_name": base_name, "register.experiment": experiment, **rcfg.train},
-    )
-    initial = training(params=TrainingParams(), project_dir=str(base))
-    base_version = int(initial["registered"]["version"])
-    setup_seconds = time.perf_counter() - t0
-    logger.info("initial champion %s v%s trained in %.0fs", base_name, base_version, setup_seconds)
-
-    spaces = {}
-    for policy in chosen:
-        # each policy: its own workspace, model name and state, and its overrides in its own `policy:`
-        name = f"{params.register_.model_name}-replay-{policy}"
-        own = {f"policy.{k}": v for k, v in rcfg.policies[policy].items()}
-        spaces[policy] = clone_workspace(base, work / policy, {"register.model_name": name, **own})
-        register_copy(base_name, base_version, name)
     n_windows = len(windows(rcfg.start, rcfg.end, rcfg.window_days))
-    workers = min(rcfg.workers, len(chosen))
+    model = params.register_.model_name
+    bases = {}
+    for s in replay_seeds:
+        # every seed: its own initial champion, trained with its seed
+        sfx = seed_suffix(s, replay_seeds)
+        own = {"register.model_name": f"{model}-replay-base{sfx}", "register.experiment": experiment}
+        seeded = {**overrides, **own, **rcfg.train, "train.seed": train_seed + s}
+        bases[s] = make_workspace(root, work / f"base{sfx}", seeded)
+    base_workers = min(rcfg.workers, len(replay_seeds))
+    with stage_threads(base_workers):
+        trained = at_once([partial(training, TrainingParams(), str(bases[s])) for s in replay_seeds], base_workers)
+    base_versions = {s: int(r["registered"]["version"]) for s, r in zip(replay_seeds, trained, strict=True)}
+    setup_seconds = time.perf_counter() - t0
+    logger.info("initial champions (seed: version) %s trained in %.0fs", base_versions, setup_seconds)
+
+    jobs = [(s, p) for s in replay_seeds for p in chosen]
+    spaces = {}
+    for s, policy in jobs:
+        # each policy and seed: its own workspace, model name and state, its overrides in its own `policy:`
+        sfx = seed_suffix(s, replay_seeds)
+        name = f"{model}-replay-{policy}{sfx}"
+        own = {f"policy.{k}": v for k, v in rcfg.policies[policy].items()}
+        spaces[s, policy] = clone_workspace(bases[s], work / f"{policy}{sfx}", {"register.model_name": name, **own})
+        register_copy(f"{model}-replay-base{sfx}", base_versions[s], name)
+    workers = min(rcfg.workers, len(jobs))
     with (
         stage_threads(workers) as threads,
-        tqdm(total=n_windows * len(chosen), desc="replay", unit="window") as progress,
+        tqdm(total=n_windows * len(jobs), desc="replay", unit="window") as progress,
     ):
-        logger.info("replaying %d policies, %d at a time, %d thread(s) per stage", len(chosen), workers, threads)
-        # each policy has its own workspace, service and model name; the stages run as processes, so
-        # policies overlap well even on 2 cores. Each thread gets a copy of the flow run's context.
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") as pool:
-            futures = {}
-            for p in chosen:
-                context = contextvars.copy_context()  # taken here, in the flow's thread
-                args = (p, spaces[p], rcfg, labels, progress)
-                futures[p] = pool.submit(context.run, replay_policy, *args)
-            rows = [row for p in chosen for row in futures[p].result()]
+        what = f"{len(chosen)} policies x {len(replay_seeds)} seeds"
+        logger.info("replaying %s, %d at a time, %d thread(s) per stage", what, workers, threads)
+        # each policy and seed has its own workspace, service and model name; the stages run as
+        # processes, so replays overlap well even on 2 cores
+        calls = [partial(replay_policy, p, spaces[s, p], rcfg, labels, progress, s) for s, p in jobs]
+        rows = [row for per_job in at_once(calls, workers) for row in per_job]
 
     table = pd.DataFrame(rows)
     summary = policy_summary(table)
@@ -371,15 +434,21 @@ def replay(
         part: {p: retained_improvement(s, p) for p in chosen if p not in ("never", "monthly")}
         for part, s in (("all", summary), ("tuning_half", tuned), ("held_out_half", held_out))
     }
+    boot = rcfg.bootstrap
+    evidence = vs_base(table, rcfg.tune_until, boot.resamples, boot.block_windows, boot.seed, base="never")
+    said = evidence_text(evidence) or ["`never` was not replayed: no paired evidence"]
     total_seconds = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "windows.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
+    evidence.to_csv(out / "evidence.csv", index=False)
     png, page = plot(table, out)
     result = {
         "quick": quick,
         "policies": chosen,
+        "seeds": replay_seeds,
+        "train_seeds": {s: train_seed + s for s in replay_seeds},
         "windows": n_windows,
         "workers": workers,
         "stage_threads": threads,
@@ -390,6 +459,9 @@ def replay(
         "tuning_half": tuned.to_dict("records"),
         "held_out_half": held_out.to_dict("records"),
         "goal": goal,
+        "bootstrap": {**boot.model_dump(), "level": LEVEL, "method": "circular block bootstrap over windows"},
+        "vs_never": evidence.to_dict("records"),
+        "vs_never_text": said,
     }
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=float))
 
@@ -400,34 +472,45 @@ def replay(
             {
                 "quick": quick,
                 "policies": ",".join(chosen),
+                "seeds": ",".join(map(str, replay_seeds)),
+                "train_seed": train_seed,
                 "window_days": rcfg.window_days,
                 "workers": workers,
                 "stage_threads": threads,
                 "overrides": json.dumps(overrides)[:500],
                 "start": rcfg.start,
                 "end": rcfg.end,
+                **{f"bootstrap.{k}": v for k, v in boot.model_dump().items()},
             }
         )
+        metrics: dict[str, float] = {"replay_seconds": total_seconds}
         for rec in summary.to_dict("records"):
             p = rec["policy"]
-            mlflow.log_metrics(
-                {
-                    f"{p}.mean_auc": rec["mean_auc"],
-                    f"{p}.mean_brier": rec["mean_brier"],
-                    f"{p}.retrains": float(rec["retrains"]),
-                    f"{p}.train_seconds": rec["train_seconds"],
-                }
-            )
-        mlflow.log_metric("replay_seconds", total_seconds)
-        for f in (out / "windows.csv", out / "summary.csv", out / "summary.json", png, page):
+            for key in ("mean_auc", "auc_seed_sd", "mean_brier", "brier_seed_sd", "retrains", "train_seconds"):
+                metrics[f"{p}.{key}"] = float(rec[key])
+        for rec in evidence.to_dict("records"):
+            stem = f"{rec['policy']}.vs_never.{rec['part']}.{rec['metric']}"
+            metrics |= {f"{stem}.{k}": float(rec[k]) for k in ("diff", "ci_low", "ci_high", "diff_per_retrain")}
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        for f in (out / "windows.csv", out / "summary.csv", out / "evidence.csv", out / "summary.json", png, page):
             mlflow.log_artifact(str(f))
+        mlflow.log_text("\n".join(said), "evidence.txt")
     create_table_artifact(
         key="replay-summary",
         table=json.loads(summary.to_json(orient="records")),
-        description="Replay of 2013: mean AUC/Brier, retrains and training time per policy",
+        description="Replay of 2013: per policy, mean AUC/Brier over windows and seeds (sd between seeds), "
+        "retrains and training time per seed",
+    )
+    create_table_artifact(
+        key="replay-evidence",
+        table=json.loads(evidence.to_json(orient="records")),
+        description=f"Each policy minus `never`, paired by window (seeds averaged), with {LEVEL:.0%} circular "
+        f"block-bootstrap intervals ({boot.resamples} resamples, blocks of {boot.block_windows} windows):\n\n"
+        + "\n".join(f"- {line}" for line in said),
     )
     print(summary.to_string(index=False))
     print(json.dumps(goal, indent=1, default=float))
+    print("\n".join(said))
     print(f"replay: {total_seconds:.0f}s; reports in {out}")
     return result
 
@@ -442,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
         "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. -S policy.training_window=expanding"
     )
     ap.add_argument("--out", help=f"output folder, relative to the project (default {OUT})")
+    ap.add_argument(
+        "--seeds", type=int, metavar="N", help="replay only the first N of replay.seeds (default: all; --quick: 1)"
+    )
     ap.add_argument("--project-dir", default=".", type=Path)
     args = ap.parse_args(argv)
     try:
@@ -450,7 +536,14 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(exc))
     project = args.project_dir.resolve()
     with local_prefect(project):
-        replay(quick=args.quick, policies=args.policy, overrides=overrides, out_dir=args.out, project_dir=str(project))
+        replay(
+            quick=args.quick,
+            policies=args.policy,
+            overrides=overrides,
+            out_dir=args.out,
+            project_dir=str(project),
+            seeds=args.seeds,
+        )
 
 
 if __name__ == "__main__":

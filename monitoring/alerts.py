@@ -89,7 +89,7 @@ def ensure_retrain_automation(
     event of `model_name` arrives, with the event's decision as the run's parameters; idempotent by
     automation name. `deployment` is an id or `flow-name/deployment-name`.
 
-    It matches that one model's resource id exactly: the replay's models (`<name>-replay-<policy>`) and
+    It matches that one model's resource id exactly: the replay's models (`<name>-replay-<policy>[-s<seed>]`) and
     any other model's events never start a production retrain."""
     from prefect.automations import Automation, EventTrigger, RunDeployment
     from prefect.client.orchestration import get_client
