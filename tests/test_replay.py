@@ -66,7 +66,7 @@ def replayed(tmp_path_factory):
     alerts.ensure_retrain_automation(str(deployment), model_name="flight-delay", name="retrain on drift (replay test)")
     before = {r.id for r in deployment_runs(deployment)}  # the session's harness may hold other tests' runs
     try:
-        result = replay(overrides={"replay.end": "2013-04-21"}, project_dir=str(project))
+        result = replay(overrides={"replay.end": "2013-04-21"}, project_dir=str(project), seeds=1)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -94,12 +94,19 @@ def test_tables_and_plots_are_written(replayed):
     project, result, table, _ = replayed
     out = project / "reports" / "replay"
     written = {p.name for p in out.iterdir()}
-    assert {"windows.csv", "summary.csv", "summary.json", "replay.png", "replay.html"} <= written
+    assert {"windows.csv", "summary.csv", "summary.json", "evidence.csv", "replay.png", "replay.html"} <= written
     assert list(table["window"].unique()) == ["2013-04-01", "2013-04-08", "2013-04-15"]
     assert set(table["policy"]) == {"never", "drift"} and (table["logged_rows"] == table["rows"]).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["windows"] == 3 and summary["overrides"] == {"replay.end": "2013-04-21"}
     assert "2013-05-31" in (project / "params.yaml").read_text()  # an override changes this replay only
+    assert summary["seeds"] == [0] and (table["seed"] == 0).all()  # one seed: the names of a one-seed replay
+    evidence = pd.read_csv(out / "evidence.csv")
+    assert set(evidence["policy"]) == {"drift"} and set(evidence["metric"]) == {"roc_auc", "brier"}
+    assert set(evidence["part"]) == {"all", "tuning_half", "held_out_half"} and len(summary["vs_never"]) == 6
+    whole = evidence[evidence["part"] == "all"]
+    assert (whole["windows"] == 3).all() and (whole["ci_low"] <= whole["diff"]).all()
+    assert (whole["diff"] <= whole["ci_high"]).all() and len(summary["vs_never_text"]) == 6
 
 
 def test_corrupt_window_alerts_and_trains_nothing(replayed):
