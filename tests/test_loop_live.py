@@ -253,6 +253,16 @@ def test_every_deployment_loads_and_runs_in_the_runner(live):
             assert champion(live.project) != before
 
 
+def test_the_prefect_cli_lists_the_deployments(live):
+    """`prefect deployment ls` as a user types it against the running server (fastapi 0.151+ answered the
+    CLI's filter requests 422, see pyproject.toml)."""
+    env = project_env(live.project) | {"PREFECT_API_URL": live.api, "COLUMNS": "300"}
+    proc = subprocess.run(["prefect", "deployment", "ls"], cwd=live.project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for name in DEPLOYMENTS:
+        assert f"/{name}" in proc.stdout, (name, proc.stdout)
+
+
 def test_the_replay_step_and_the_monitoring_deployment_take_the_same_decision(live, tmp_path, monkeypatch):
     """One drifted week, played by the replay's own step (its in-process service and state, in a copy of
     the project) and then, from the same logged rows, judged by the `monitoring` deployment in the runner:
