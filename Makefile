@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 export GIT_PYTHON_REFRESH ?= quiet
 TORCH ?= torch==2.13.0
 
-.PHONY: help install demo pipeline replay test test-fast lint format ui serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift clean
+.PHONY: help install demo pipeline replay test test-fast lint format ui stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift clean
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -44,6 +44,9 @@ test-fast: install ## unit tests only (no pipeline runs, no servers)
 
 ui: install ## Prefect UI :4200 + MLflow UI :5000 + flow deployments ("Run" in the UI); Ctrl-C stops all
 	$(PY) -m flows.ui
+
+stack: install ## servers on PostgreSQL: MLflow :5000, Prefect :4200, a work pool with 2 workers, 2 replicas :8000/:8001; Ctrl-C stops all
+	$(PY) -m flows.stack
 
 serve: install ## the online service on 127.0.0.1:8000, following models:/flight-delay@champion
 	$(PY) -m serving

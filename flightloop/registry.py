@@ -175,7 +175,8 @@ def service_url(host: str, port: int) -> str:
 
 
 def notify_service(url: str | None = None) -> str:
-    """Ask a running service to reload now (best effort; it also polls the alias)."""
+    """Ask each running replica to reload now (best effort; they also poll the alias). `url`, or
+    `SERVING_URL`, may name several replicas, comma-separated."""
     url = url or os.environ.get("SERVING_URL")
     if not url:
         return "no service URL; a running service will notice by polling"
@@ -183,8 +184,11 @@ def notify_service(url: str | None = None) -> str:
 
     token = os.environ.get("SERVING_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        r = httpx.post(url.rstrip("/") + "/reload", headers=headers, timeout=30)
-        return f"reload: {r.status_code} {r.text[:200]}"
-    except httpx.HTTPError as exc:
-        return f"reload failed ({exc.__class__.__name__}); the service will notice by polling"
+    answers = []
+    for one in (u.strip() for u in url.split(",") if u.strip()):
+        try:
+            r = httpx.post(one.rstrip("/") + "/reload", headers=headers, timeout=30)
+            answers.append(f"reload: {r.status_code} {r.text[:200]}")
+        except httpx.HTTPError as exc:
+            answers.append(f"reload failed ({exc.__class__.__name__}); the service will notice by polling")
+    return " | ".join(answers)

@@ -98,6 +98,22 @@ def deployments(project_dir: Path) -> list:
     return built
 
 
+def pool_deployments(repository: str, job_env: dict[str, str], branch: str = "main") -> list:
+    """The same deployments for a work pool (`make stack`): each flow run clones `repository` at
+    `branch` into its worker's own directory and runs there, with `job_env` (servers, DVC remote)."""
+    from prefect.runner.storage import GitRepository
+
+    built = []
+    for target, options in DEPLOYMENTS:
+        module, _, func = target.partition(":")
+        entrypoint = f"{module.replace('.', '/')}.py:{func}"
+        fl = load_flow(target).from_source(GitRepository(url=repository, branch=branch), entrypoint)
+        opts = dict(options)
+        parameters = dict(opts.pop("parameters", {}))  # project_dir unset: the run's own clone
+        built.append(fl.to_deployment(name=fl.name, parameters=parameters, job_variables={"env": job_env}, **opts))
+    return built
+
+
 def deployment_id_for(flow_name: str, project_dir: str | Path):
     """Register (apply) one deployment by flow name without serving it; returns its id."""
     for deployment in deployments(Path(project_dir)):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flightloop import paths, tracking
 from flightloop.config import ParamsError, cli_overrides, load_params
 from flows import dvc_stages
+from flows.checkout import synced
 from flows.common import add_flow_run_tags, flow_run_tags, local_prefect, run_stage, workspace_lock
 from flows.workspace import run_workspace
 
@@ -169,11 +170,11 @@ def training(params: TrainingParams | None = None, project_dir: str | None = Non
     tags = flow_run_tags()
     uri = tracking.tracking_uri(project)
     stages: dict[str, str] = {}
-    with workspace_lock(model_name):
+    from prefect.runtime import flow_run
+
+    with workspace_lock(model_name), synced(project, f"training {flow_run.name or ''}: dvc.lock") as published:
         where = project
         if overrides:
-            from prefect.runtime import flow_run
-
             label = f"{flow_run.name or 'run'}-{str(flow_run.id or uuid.uuid4())[:8]}"
             where = run_workspace(project, label, overrides)
             logger.info("overrides %s: running in %s; params.yaml is unchanged", overrides, where)
@@ -191,6 +192,7 @@ def training(params: TrainingParams | None = None, project_dir: str | None = Non
         "mlflow_run_id": run["run_id"] if run else None,
         "mlflow_url": mlflow_run_url(run),
         "data_version": dvc_stages.locked_hash(where, str(paths.VALIDATED)),
+        "published_commit": published["commit"],  # a worker's checkout (make stack): its dvc.lock, pushed
     }
     if overrides:
         _log_run_workspace(run, where, overrides, uri)

@@ -32,7 +32,20 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 def stop(procs: list[subprocess.Popen], grace: float = 15) -> None:
-    """SIGTERM each child's process group (servers have workers), wait, then SIGKILL what is left."""
+    """SIGTERM each child's process group (servers have workers), wait, then SIGKILL what is left. A
+    second Ctrl-C (or SIGTERM) while stopping is ignored: it must not leave servers behind."""
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals go elsewhere anyway
+        previous = {}
+    try:
+        _stop(procs, grace)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(procs: list[subprocess.Popen], grace: float) -> None:
     for proc in reversed(procs):
         if proc.poll() is None:
             try:
@@ -46,6 +59,11 @@ def stop(procs: list[subprocess.Popen], grace: float = 15) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    for proc in procs:  # what a leader left behind in its group (e.g. the MLflow server's job consumers)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

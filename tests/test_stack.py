@@ -1,0 +1,249 @@
+"""`make stack` run the way a user runs it (`python -m flows.stack`), on PostgreSQL: an MLflow server and a
+Prefect server on their own databases, a process work pool with two workers that run flows in their own
+git clones (data through the stack's DVC remote), two service replicas. Every hop is read back from the
+servers' own APIs, the stack's git repository and a fresh clone. Skipped, with the reason, where no
+PostgreSQL is reachable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import make_project, project_env, run
+from tests.conftest_flows import free_port
+
+PG = os.environ.get("STACK_PG_URL", "postgresql://postgres@127.0.0.1:5432")
+MODEL = "flight-delay"
+pytestmark = [pytest.mark.integration, pytest.mark.stack]
+
+
+def _pg_problem() -> str | None:
+    try:
+        import psycopg
+
+        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
+    except Exception as exc:  # the driver missing, or the server
+        return f"no PostgreSQL at {PG}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+    return None
+
+
+@dataclass
+class Stack:
+    project: Path
+    prefix: str
+    args: list[str]
+    api: str
+    mlflow: str
+    replicas: list[str]
+    proc: subprocess.Popen | None = None
+    out: Path | None = None
+
+    def start(self) -> None:
+        self.out = self.project.parent / f"stack-{time.time_ns()}.out"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.stack", *self.args],
+            cwd=self.project,
+            env=project_env(self.project),
+            stdout=self.out.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 240
+        while "Ctrl-C stops all" not in self.output():
+            assert self.proc.poll() is None, self.output()[-4000:]
+            assert time.monotonic() < deadline, self.output()[-4000:]
+            time.sleep(1)
+
+    def output(self) -> str:
+        return self.out.read_text() if self.out and self.out.exists() else ""
+
+    def stop(self) -> int:
+        """Ctrl-C, as in the terminal: to the whole process group."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    problem = _pg_problem()
+    if problem:
+        pytest.skip(f"stack tests need PostgreSQL: {problem}")
+    root = tmp_path_factory.mktemp("stack")
+    project = make_project(root, {"train.max_epochs": 1, "train.sample_frac": 0.1})
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    run([*git, "add", "-A", ".dvc", ".dvcignore"], project)
+    run([*git, "commit", "-qm", "dvc"], project)
+    prefix = f"fltest_{uuid.uuid4().hex[:10]}"
+    prefect_port, mlflow_port, ports = free_port(), free_port(), [free_port(), free_port()]
+    args = ["--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port), "--db-prefix", prefix]
+    args += ["--service-ports", ",".join(map(str, ports))]
+    state = Stack(
+        project,
+        prefix,
+        args,
+        f"http://127.0.0.1:{prefect_port}/api",
+        f"http://127.0.0.1:{mlflow_port}",
+        [f"http://127.0.0.1:{p}" for p in ports],
+    )
+    try:
+        state.start()
+        yield state
+    finally:
+        state.stop()
+        import psycopg
+
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+            for part in ("mlflow", "prefect"):  # this test's own databases only
+                conn.execute(f'DROP DATABASE IF EXISTS "{prefix}_{part}" WITH (FORCE)')
+
+
+class api:
+    """The stack's Prefect server (not the session's test harness)."""
+
+    def __init__(self, stack: Stack):
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self._ctx = temporary_settings(updates={PREFECT_API_URL: stack.api})
+
+    def __enter__(self):
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def finished(run_id, timeout: float = 600):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(run_id)
+        if flow_run.state and flow_run.state.is_final():
+            return flow_run
+        time.sleep(2)
+    raise TimeoutError(f"flow run {run_id} not final after {timeout:.0f}s")
+
+
+def served_version(url: str) -> int | None:
+    try:
+        return httpx.get(f"{url}/model", timeout=5).json().get("version")
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def test_training_runs_on_a_worker_and_both_replicas_serve_its_model(stack):
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    head_before = run(["git", "rev-parse", "main"], stack.project / ".stack" / "git").stdout.strip()
+    lock_before = (stack.project / "dvc.lock").exists()
+    with api(stack):
+        flow_run = run_deployment("training/training", timeout=0)
+        done = finished(flow_run.id)
+        assert done.state.is_completed(), (done.state, stack.output()[-3000:])
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment(done.deployment_id)
+        assert deployment.work_pool_name == "flightloop"
+        assert deployment.pull_steps and "git_clone" in json.dumps(deployment.pull_steps)
+
+    # the registry is the MLflow server's, on PostgreSQL
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == "1"
+    import psycopg
+
+    with psycopg.connect(f"{PG}/{stack.prefix}_mlflow") as conn:
+        rows = conn.execute("SELECT name, version FROM model_versions").fetchall()
+    assert rows == [(MODEL, 1)]
+
+    # the worker ran in its own clone: the project checkout is untouched, the stack's repo got its dvc.lock
+    assert (stack.project / "dvc.lock").exists() == lock_before
+    repo = stack.project / ".stack" / "git"
+    head = run(["git", "rev-parse", "main"], repo).stdout.strip()
+    assert head != head_before
+    assert "dvc.lock" in run(["git", "show", "--name-only", "--format=", head], repo).stdout
+
+    # a fresh clone + dvc pull has the worker's data version: same dvc.lock, every output present
+    fresh = stack.project.parent / "fresh"
+    run(["git", "clone", "-q", str(repo), str(fresh)], stack.project.parent)
+    run(["dvc", "remote", "add", "--local", "stack", str(stack.project / ".stack" / "dvc-remote")], fresh)
+    run(["dvc", "pull", "-q", "--remote", "stack"], fresh)
+    status = run(["dvc", "status", "--json"], fresh).stdout
+    assert json.loads(status or "{}") == {}, status
+
+    # both replicas follow @champion on the MLflow server (the gate told each to reload)
+    deadline = time.monotonic() + 60
+    while [served_version(u) for u in stack.replicas] != [1, 1]:
+        assert time.monotonic() < deadline, [served_version(u) for u in stack.replicas]
+        time.sleep(1)
+
+
+def test_the_writer_slot_is_kept_by_the_server_across_hosts(stack):
+    """While another host (this test process) holds the project's writer slot on the stack's Prefect
+    server, a training run on a worker waits; it changes the project only after the slot is released."""
+    from datetime import datetime, timezone
+
+    from prefect.deployments import run_deployment
+
+    from flows.common import workspace_lock
+    from tests.conftest_flows import task_runs
+
+    with api(stack):
+        with workspace_lock(MODEL):
+            flow_run = run_deployment("training/training", parameters={"params": {"lr": 0.01}}, timeout=0)
+            time.sleep(40)  # long enough for a worker to pick it up and reach the slot
+            released = datetime.now(timezone.utc)
+        done = finished(flow_run.id)
+        assert done.state.is_completed(), done.state
+        stages = task_runs(done.id)
+        assert stages and min(t.start_time for t in stages) >= released, (
+            released,
+            [(t.name, t.start_time) for t in stages],
+        )
+
+
+def test_a_second_make_stack_reuses_what_the_first_made(stack):
+    from mlflow import MlflowClient
+
+    live = int(MlflowClient(tracking_uri=stack.mlflow).get_model_version_by_alias(MODEL, "champion").version)
+    assert stack.stop() == 0  # Ctrl-C: every process of the stack stops
+    for url in [*stack.replicas, stack.mlflow]:
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url + "/health", timeout=2)
+    stack.start()
+    assert "databases reused" in stack.output()
+    assert int(MlflowClient(tracking_uri=stack.mlflow).get_model_version_by_alias(MODEL, "champion").version) == live
+    deadline = time.monotonic() + 90
+    while [served_version(u) for u in stack.replicas] != [live, live]:  # a restarted replica loads the champion
+        assert time.monotonic() < deadline, stack.output()[-2000:]
+        time.sleep(1)
+
+
+def test_without_postgresql_it_says_what_is_missing(tmp_path):
+    project = make_project(tmp_path)
+    port = free_port()  # nothing listens there
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.stack", "--pg", f"postgresql://postgres@127.0.0.1:{port}", "--db-prefix", "x"],
+        cwd=project,
+        env=project_env(project),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"needs PostgreSQL at postgresql://postgres@127.0.0.1:{port}" in proc.stderr
+    assert "not reachable" in proc.stderr and "Traceback" not in proc.stderr
