@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 export GIT_PYTHON_REFRESH ?= quiet
 TORCH ?= torch==2.13.0
 
-.PHONY: help install demo pipeline replay test test-fast lint format ui stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift clean
+.PHONY: help install demo pipeline replay tune test test-fast lint format ui stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift clean
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -35,6 +35,10 @@ replay: install ## only the replay, every seed of replay.seeds (python -m flows.
 
 pipeline: install ## dvc repro
 	dvc repro
+
+tune: install ## hyperparameter study (rolling monthly CV, MLflow runs) -> reports/tune/best_params.yaml; TRIALS= MINUTES= ARGS=
+	dvc repro prepare
+	$(PY) -m tasks.tune $(if $(TRIALS),--trials $(TRIALS),) $(if $(MINUTES),--minutes $(MINUTES),) $(ARGS)
 
 test: install ## run the tests
 	$(PY) -m pytest -q

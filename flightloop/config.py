@@ -309,6 +309,63 @@ class ReplayCfg(_Frozen):
         return value
 
 
+# ---- tuning --------------------------------------------------------------------------------------------
+
+
+class TuneDim(_Frozen):
+    """One tuned key: a range (`low`, `high`, `log`; ints when both bounds are ints) or a list of `choices`."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TuneDim:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either non-empty `choices` or `low` and `high`, not both")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a range needs `low` < `high`")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs `low` > 0")
+        return self
+
+    def values(self) -> tuple[Any, ...]:
+        """The values that bound this dimension (checked against the key's own type at load)."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+TUNABLE = ("model", "train")  # sections a trial may change
+
+
+class TuneCfg(_Frozen):
+    """The hyperparameter study (`python -m tasks.tune`): budget, folds, pruning, search space."""
+
+    trials: int | None = Field(20, ge=1)  # at most this many trials ...
+    minutes: float | None = Field(None, gt=0)  # ... and no new trial after this many minutes
+    folds: int = Field(3, ge=1)  # validation months: the last `folds` months before the test window
+    seed: int = 0  # the sampler's seed (training uses train.seed in every trial)
+    startup_trials: int = Field(3, ge=0)  # trials that run every fold before the pruner may stop one
+    experiment: str = "flight-delay-tune"
+    train: dict[str, Any]  # overrides for every trial's training (may be empty)
+    space: dict[str, TuneDim]  # dotted key under model./train. -> its range or choices
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneCfg:
+        if self.trials is None and self.minutes is None:
+            raise ValueError("set tune.trials and/or tune.minutes: a study needs a budget")
+        if not self.space:
+            raise ValueError("tune.space is empty: nothing to tune")
+        sections = {"model": ModelCfg, "train": TrainCfg}
+        for key in (*self.space, *self.train):
+            section, _, name = key.partition(".")
+            if section not in TUNABLE or name not in sections[section].model_fields:
+                raise ValueError(f"{key!r} is not a key of {' or '.join(TUNABLE)}")
+        return self
+
+
 # ---- the whole file ---------------------------------------------------------------------------------
 
 # Sections a trained model depends on: their digest is the run's `params_hash`.
@@ -329,6 +386,7 @@ class Params(_Frozen):
     monitoring: MonitoringCfg = MonitoringCfg()
     policy: PolicyCfg = PolicyCfg()
     replay: ReplayCfg | None = None
+    tune: TuneCfg | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -337,7 +395,20 @@ class Params(_Frozen):
         unknown = set(self.monitoring.exclude_features) - set(self.data.features)
         if unknown:
             raise ValueError(f"monitoring.exclude_features names no feature: {sorted(unknown)}")
+        if self.tune is not None:
+            self._check_tune_values(self.tune)
         return self
+
+    def _check_tune_values(self, tune: TuneCfg) -> None:
+        """Every bound and choice of the search space is a valid value of its key."""
+        for key, dim in tune.space.items():
+            section, _, name = key.partition(".")
+            current = getattr(self, section).model_dump()
+            for value in dim.values():
+                try:
+                    type(getattr(self, section))(**{**current, name: value})
+                except ValidationError as exc:
+                    raise ValueError(f"tune.space.{key}: {value!r} is not valid: {exc.errors()[0]['msg']}") from None
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from flightloop import paths
-from flightloop.config import set_dotted
+from flightloop.params_file import write_params
 
 # what a workspace needs of the project: code, stage graph and config; generated folders stay behind
 PROJECT_FILES = (
@@ -32,36 +32,8 @@ _GIT = ["git", "-c", "user.email=pipeline@localhost", "-c", "user.name=pipeline"
 
 
 def set_params(project: Path, overrides: dict[str, Any]) -> None:
-    """Write dotted-key overrides into a project's params.yaml (as `dvc exp run -S` would), keeping its
-    comments and layout; an unknown section is refused."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedSeq
-    from ruamel.yaml.scalarstring import ScalarString
-
-    path = project / "params.yaml"
-    check = yaml.safe_load(path.read_text())
-    for key, value in overrides.items():
-        set_dotted(check, key, value)  # refuses unknown sections before anything is written
-    doc_yaml = YAML()
-    doc_yaml.preserve_quotes = True
-    doc_yaml.width = 4096
-    doc = doc_yaml.load(path.read_text())
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = doc
-        for part in parents:
-            node = node[part]
-        old = node.get(leaf)
-        if isinstance(value, list | tuple):
-            seq = CommentedSeq(list(value))
-            if isinstance(old, CommentedSeq) and old.fa.flow_style():
-                seq.fa.set_flow_style()
-            value = seq
-        elif isinstance(value, str) and isinstance(old, ScalarString):
-            value = type(old)(value)  # keep the quoting style, e.g. end: "2013-06"
-        node[leaf] = value
-    with path.open("w") as fh:
-        doc_yaml.dump(doc, fh)
+    """Write dotted-key overrides into a project's params.yaml, keeping its comments and layout."""
+    write_params(project / "params.yaml", overrides)
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
