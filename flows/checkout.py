@@ -10,6 +10,7 @@ project itself, `make ui`, the tests, the replay) is left alone."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import subprocess
 import sys
@@ -22,6 +23,8 @@ REMOTE_ENV = "FLIGHTLOOP_DVC_REMOTE"  # a DVC remote URL or path; set on the sta
 BRANCH_ENV = "FLIGHTLOOP_GIT_BRANCH"  # the branch runs publish to (default: main)
 _GIT = ["git", "-c", "user.name=flightloop-worker", "-c", "user.email=worker@localhost"]
 _DVC = [sys.executable, "-m", "dvc"]
+INBOX = "data/incoming"  # batch files the ingest stage reads: small, so git carries them between hosts
+_active: contextvars.ContextVar[bool] = contextvars.ContextVar("flightloop_synced", default=False)
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -58,7 +61,8 @@ def publish(project: Path, message: str, branch: str) -> str | None:
     """Push the data versions dvc.lock names, commit dvc.lock (and the uncached outputs) and push it;
     the new commit, or None."""
     _run([*_DVC, "push", "-q", "--remote", "stack"], project)
-    _run([*_GIT, "add", "-f", "dvc.lock", *uncached_outputs(project)], project, check=False)
+    inbox = [str(f.relative_to(project)) for f in sorted((project / INBOX).glob("*")) if f.is_file()]
+    _run([*_GIT, "add", "-f", "dvc.lock", *uncached_outputs(project), *inbox], project, check=False)
     if _run([*_GIT, "diff", "--cached", "--quiet"], project, check=False).returncode == 0:
         return None  # nothing new (every stage was skipped)
     _run([*_GIT, "commit", "-q", "-m", message], project)
@@ -68,14 +72,19 @@ def publish(project: Path, message: str, branch: str) -> str | None:
 
 @contextlib.contextmanager
 def synced(project: Path, message: str) -> Iterator[dict[str, str | None]]:
-    """Around a change of a worker's checkout: catch up before, publish after (only on success).
-    Yields a dict whose `commit` is set to the published commit."""
+    """Around a change of a worker's checkout: catch up before, publish after (only on success); a run
+    inside another (retraining's ingest and training) leaves both to the outer one. Yields a dict whose
+    `commit` is set to the published commit."""
     remote = os.environ.get(REMOTE_ENV)
     out: dict[str, str | None] = {"commit": None}
-    if not remote:
+    if not remote or _active.get():  # not a worker's checkout, or inside a run that syncs (retraining)
         yield out
         return
     branch = os.environ.get(BRANCH_ENV, "main")
     catch_up(project, remote, branch)
-    yield out
+    token = _active.set(True)
+    try:
+        yield out
+    finally:
+        _active.reset(token)
     out["commit"] = publish(project, message, branch)

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from flightloop import paths
 from flightloop.config import Params, load_params
 from flows import dvc_stages
+from flows.checkout import synced
 from flows.common import StageFailed, flow_run_tags, local_prefect, run_stage, workspace_lock
 from tasks.ingest import (
     BATCH_SUFFIXES,
@@ -114,7 +115,7 @@ def ingest(month: str | None = None, path: str | None = None, project_dir: str |
     """
     project = Path(project_dir or os.getcwd()).resolve()
     params = load_params(project / paths.PARAMS)
-    with workspace_lock(params.register_.model_name):
+    with workspace_lock(params.register_.model_name), synced(project, f"ingest {month or Path(path or '').name}"):
         return _ingest(project, params, month, path)
 
 

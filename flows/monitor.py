@@ -23,7 +23,6 @@ from monitoring import alerts, report
 from monitoring.drift import drift_report
 from monitoring.loop import decide_window, load_champion
 from monitoring.policy import data_time
-from monitoring.report import StateStore
 from serving.predlog import read_predictions
 from tasks.ingest import read_table
 
@@ -62,7 +61,7 @@ def monitoring(
     project = Path(project_dir or os.getcwd()).resolve()
     params = load_params(project / paths.PARAMS)
     data, mcfg, name = params.data, params.monitoring, params.register_.model_name
-    store = StateStore(project / report.STATE)
+    store = report.state_store(project, name)
     state = store.read()
     labels = SourceLabels(data)
     if batch:

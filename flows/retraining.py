@@ -18,13 +18,14 @@ from prefect.runtime import flow_run
 
 from flightloop import paths, registry
 from flightloop.config import Params, load_params
+from flows.checkout import synced
 from flows.common import workspace_lock
 from flows.ingest import ingest
 from flows.labels import SourceLabels
 from flows.training import TrainingParams, training
 from monitoring.loop import manual_request, newest_time, run_retrain
 from monitoring.policy import RetrainRequest
-from monitoring.report import STATE, StateStore
+from monitoring.report import StateStore, state_store
 
 
 def run_name() -> str:
@@ -54,7 +55,7 @@ def retrain_in(
         request,
         params,
         project,
-        StateStore(state or project / STATE),
+        StateStore(state) if state else state_store(project, params.register_.model_name),
         labelled=labels.raw_until,
         ingest=lambda batch: ingest(path=str(batch), project_dir=str(project)),
         train=train_on(project),
@@ -77,7 +78,7 @@ def retraining(request: RetrainRequest | None = None, project_dir: str | None = 
     project = Path(project_dir or os.getcwd()).resolve()
     params = load_params(project / paths.PARAMS)
     name = params.register_.model_name
-    with workspace_lock(name):
+    with workspace_lock(name), synced(project, f"retraining {flow_run.name or ''}: new data version, dvc.lock"):
         if request is None:
             newest = newest_time(project, params.data.time_column)
             if newest is None:

@@ -9,8 +9,9 @@
 - service replicas on their own ports, each following models:/<model>@champion on the MLflow server.
 
 It keeps its files in `.stack/` (git repo, DVC remote, MLflow artifacts, logs) and its data in its own
-databases (`<db-prefix>_mlflow`, `<db-prefix>_prefect`), created when missing and never dropped: a second
-`make stack` reuses all of it. Ctrl-C stops every process."""
+databases (`<db-prefix>_mlflow`, `<db-prefix>_prefect`, and `<db-prefix>_loop` for the retraining policy's
+state), created when missing and never dropped: a second `make stack` reuses all of it. Ctrl-C stops every
+process."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from flows.checkout import BRANCH_ENV, REMOTE_ENV
 from flows.ui import HOST, stop, wait_healthy
+from monitoring.report import STATE_DB_ENV
 
 STACK_DIR = Path(".stack")
 PG_ENV = "STACK_PG_URL"
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--project-dir", default=".", type=Path)
     ap.add_argument("--pg", default=os.environ.get(PG_ENV, DEFAULT_PG), help=f"PostgreSQL server (or {PG_ENV})")
-    ap.add_argument("--db-prefix", default="flightloop", help="the stack's databases: <prefix>_mlflow, _prefect")
+    ap.add_argument("--db-prefix", default="flightloop", help="the stack's databases: <prefix>_mlflow, _prefect, _loop")
     ap.add_argument("--prefect-port", type=int, default=4200)
     ap.add_argument("--mlflow-port", type=int, default=5000)
     ap.add_argument("--service-ports", default="8000,8001", help="one replica per port, comma-separated")
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     # what every flow run on the pool gets, whichever worker runs it
     job_env = {"MLFLOW_TRACKING_URI": mlflow_url, REMOTE_ENV: str(layout.dvc_remote), BRANCH_ENV: "main"}
     job_env |= {"SERVING_URL": ",".join(replicas), "MLFLOW_UI_URL": mlflow_url}
+    job_env[STATE_DB_ENV] = f"{args.pg.rstrip('/')}/{layout.database('loop')}"  # the retraining policy's state
     procs: list[subprocess.Popen] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        created = ensure_databases(args.pg, [layout.database("mlflow"), layout.database("prefect")])
+        dbs = [layout.database(part) for part in ("mlflow", "prefect", "loop")]
+        created = ensure_databases(args.pg, dbs)
         print(f"stack: databases {', '.join(created) or 'reused'} on {args.pg}", flush=True)
         layout.logs.mkdir(parents=True, exist_ok=True)
         print(f"stack: {ensure_repository(layout)}", flush=True)

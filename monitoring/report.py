@@ -19,6 +19,7 @@ from monitoring.policy import Decision, PolicyState
 
 MONITORING_REPORTS = paths.REPORTS / "monitoring"
 STATE = MONITORING_REPORTS / "state.json"
+STATE_DB_ENV = "FLIGHTLOOP_STATE_DB"  # a PostgreSQL URL: the policy state shared by every host (make stack)
 QUARANTINE = paths.QUARANTINE / "monitoring"
 
 
@@ -109,3 +110,50 @@ class StateStore:
                 fh.write(new.model_dump_json(indent=1))
             os.replace(tmp, self.path)
             return new
+
+
+class PgStateStore:
+    """The policy state of one model as a row in PostgreSQL, for hosts that share no files (`make stack`):
+    an update reads the row FOR UPDATE, changes it and writes it in one transaction, so two hosts never
+    lose each other's update."""
+
+    TABLE = "flightloop_policy_state"
+
+    def __init__(self, url: str, model_name: str):
+        self.url, self.model_name = url, model_name
+
+    def _connect(self):  # noqa: ANN202 - a psycopg connection
+        import psycopg
+
+        conn = psycopg.connect(self.url, connect_timeout=10)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (model text PRIMARY KEY, state jsonb NOT NULL)")
+        conn.commit()
+        return conn
+
+    def read(self) -> PolicyState:
+        with self._connect() as conn:
+            row = conn.execute(f"SELECT state::text FROM {self.TABLE} WHERE model = %s", (self.model_name,)).fetchone()
+        return PolicyState.model_validate_json(row[0]) if row else PolicyState()
+
+    def update(self, change: Callable[[PolicyState], PolicyState]) -> PolicyState:
+        with self._connect() as conn, conn.transaction():
+            empty = PolicyState().model_dump_json()
+            conn.execute(  # the row exists before it is locked: two first updates cannot both insert
+                f"INSERT INTO {self.TABLE} (model, state) VALUES (%s, %s) ON CONFLICT (model) DO NOTHING",
+                (self.model_name, empty),
+            )
+            row = conn.execute(
+                f"SELECT state::text FROM {self.TABLE} WHERE model = %s FOR UPDATE", (self.model_name,)
+            ).fetchone()
+            new = change(PolicyState.model_validate_json(row[0]))
+            conn.execute(
+                f"UPDATE {self.TABLE} SET state = %s WHERE model = %s", (new.model_dump_json(), self.model_name)
+            )
+            return new
+
+
+def state_store(project: Path, model_name: str) -> StateStore | PgStateStore:
+    """The project's policy state: the PostgreSQL row named by FLIGHTLOOP_STATE_DB when set (hosts that
+    share no files), else the JSON file in the project."""
+    url = os.environ.get(STATE_DB_ENV)
+    return PgStateStore(url, model_name) if url else StateStore(project / STATE)

