@@ -139,7 +139,12 @@ class TrainCfg(_Frozen):
     weight_decay: float = Field(1e-3, ge=0)
     batch_size: int = Field(1024, ge=1)
     max_epochs: int = Field(20, ge=1)
+    # a small table trains with smaller batches (at least min_batches an epoch) and more epochs (at least
+    # min_steps optimiser steps in the budget): a few thousand rows at batch 1024 would get ~100 updates
+    min_batches: int = Field(20, ge=1)
+    min_steps: int = Field(500, ge=0)
     patience: int = Field(4, ge=1)
+    lr_schedule: Literal["plateau", "none"] = "plateau"  # halve lr when val loss stalls for patience//2 epochs
     accelerator: str = "auto"
     devices: int | str = "auto"
     precision: str = "auto"
