@@ -160,7 +160,7 @@ class ImportanceCfg(_Frozen):
     """Permutation importance: drop in ROC-AUC when one feature is shuffled (flightloop/importance.py)."""
 
     repeats: int = Field(3, ge=1)  # shuffles per feature, averaged
-    max_rows: int = Field(20_000, ge=100)  # a seeded sample of a larger split
+    max_rows: int = Field(10_000, ge=100)  # a seeded sample of a larger split
     seed: int = 0
 
 
