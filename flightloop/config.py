@@ -139,7 +139,12 @@ class TrainCfg(_Frozen):
     weight_decay: float = Field(1e-3, ge=0)
     batch_size: int = Field(1024, ge=1)
     max_epochs: int = Field(20, ge=1)
+    # a small table trains with smaller batches (at least min_batches an epoch) and more epochs (at least
+    # min_steps optimiser steps in the budget): a few thousand rows at batch 1024 would get ~100 updates
+    min_batches: int = Field(20, ge=1)
+    min_steps: int = Field(500, ge=0)
     patience: int = Field(4, ge=1)
+    lr_schedule: Literal["plateau", "none"] = "plateau"  # halve lr when val loss stalls for patience//2 epochs
     accelerator: str = "auto"
     devices: int | str = "auto"
     precision: str = "auto"
@@ -151,10 +156,19 @@ class BaselineCfg(_Frozen):
     learning_rate: float = Field(0.1, gt=0)
 
 
+class ImportanceCfg(_Frozen):
+    """Permutation importance: drop in ROC-AUC when one feature is shuffled (flightloop/importance.py)."""
+
+    repeats: int = Field(3, ge=1)  # shuffles per feature, averaged
+    max_rows: int = Field(10_000, ge=100)  # a seeded sample of a larger split
+    seed: int = 0
+
+
 class EvaluateCfg(_Frozen):
     threshold: Literal["f1"] | float = "f1"
     calibration_bins: int = Field(10, ge=2)
     baseline: BaselineCfg = BaselineCfg()
+    importance: ImportanceCfg = ImportanceCfg()
 
 
 class RegisterCfg(_Frozen):
@@ -170,6 +184,7 @@ class GateCfg(_Frozen):
     slice_tolerance: float = Field(0.05, ge=0.0)  # a slice may get worse by at most this
     slices: tuple[str, ...] = ("carrier", "origin")
     min_slice_rows: int = Field(500, ge=1)  # smaller slices are too noisy to block on
+    importance_top: int = Field(5, ge=0)  # features whose importance moved most, in the record (0: none)
 
 
 # ---- the loop: serving, monitoring, the retraining policy, the replay ----------------------------------

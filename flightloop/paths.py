@@ -22,5 +22,6 @@ REPORTS = Path("reports")
 VALIDATION_REPORT = REPORTS / "validation.json"
 METRICS = REPORTS / "metrics.json"
 SLICES = REPORTS / "slices.json"
+IMPORTANCE = REPORTS / "importance.csv"  # evaluate: permutation importance of each feature on test
 PLOTS = REPORTS / "plots"
 REGISTERED = REPORTS / "registered.json"

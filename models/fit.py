@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,14 @@ class History(Callback):
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}", flush=True)  # progress in stage logs
 
 
+def schedule(n_train: int, train: TrainCfg) -> tuple[int, int]:
+    """(batch_size, max_epochs) for this many training rows: a small table gets smaller batches and more
+    epochs, so it still sees `min_batches` updates an epoch and `min_steps` in the whole budget."""
+    batch = max(1, min(train.batch_size, math.ceil(n_train / train.min_batches)))
+    steps_per_epoch = max(1, math.ceil(n_train / batch))
+    return batch, max(train.max_epochs, math.ceil(train.min_steps / steps_per_epoch))
+
+
 def fit(
     splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     cardinalities: list[int],
@@ -53,7 +62,11 @@ def fit(
     # whole tensors live on the GPU when training on one device there; the index batcher slices them
     device = "cuda" if accelerator in ("gpu", "cuda") and train_cfg.devices in (1, "1", "auto") else "cpu"
     tensors = {name: to_tensors(*arrays, device=device) for name, arrays in splits.items()}
-    data = TensorDataModule(tensors, train_cfg.batch_size, seed=train_cfg.seed)
+    batch_size, max_epochs = schedule(len(splits["train"][0]), train_cfg)
+    print(f"fit: {len(splits['train'][0])} training rows, batch {batch_size}, at most {max_epochs} epochs", flush=True)
+    for logger in loggers if isinstance(loggers, list) else []:
+        logger.log_hyperparams({"fit.batch_size": batch_size, "fit.max_epochs": max_epochs})  # what ran
+    data = TensorDataModule(tensors, batch_size, seed=train_cfg.seed)
     module = TabularClassifier(
         cardinalities=cardinalities,
         n_numeric=splits["train"][1].shape[1],
@@ -62,6 +75,8 @@ def fit(
         dropout=model_cfg.dropout,
         lr=train_cfg.lr,
         weight_decay=train_cfg.weight_decay,
+        lr_schedule=train_cfg.lr_schedule,
+        lr_patience=max(1, train_cfg.patience // 2),  # the rate halves before early stopping gives up
     )
     history = History()
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
@@ -69,7 +84,7 @@ def fit(
         accelerator=accelerator,
         devices=1 if device == "cuda" else train_cfg.devices,
         precision=precision,
-        max_epochs=train_cfg.max_epochs,
+        max_epochs=max_epochs,
         callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), checkpoint, history],
         logger=loggers,
         deterministic=True,

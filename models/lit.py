@@ -20,6 +20,8 @@ class TabularClassifier(L.LightningModule):
         dropout: float = 0.2,
         lr: float = 2e-3,
         weight_decay: float = 0.0,
+        lr_schedule: str = "none",
+        lr_patience: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -53,4 +55,11 @@ class TabularClassifier(L.LightningModule):
         return torch.sigmoid(self(batch[0], batch[1]).float())
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimiser = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "none":
+            return optimiser
+        if self.hparams.lr_schedule != "plateau":
+            raise ValueError(f"unknown lr_schedule {self.hparams.lr_schedule!r}: plateau or none")
+        # halve the rate when validation loss stalls: late epochs refine instead of bouncing around
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=self.hparams.lr_patience)
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sklearn import metrics as skm
 
 from flightloop import paths, tracking
 from flightloop.config import BaselineCfg, Params, load_params
+from flightloop.importance import permutation_importance
 from flightloop.metrics import classification_metrics
 from models.preprocess import Preprocessor
 from tasks.train import dataset, encode, read_prepared, read_run
@@ -96,9 +98,15 @@ def baseline_proba(
 
 
 def evaluate(
-    frames: dict[str, pd.DataFrame], pre: Preprocessor, p_valid: np.ndarray, p_test: np.ndarray, params: Params
+    frames: dict[str, pd.DataFrame],
+    pre: Preprocessor,
+    p_valid: np.ndarray,
+    p_test: np.ndarray,
+    params: Params,
+    predict: Callable[[pd.DataFrame], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Pure stage: every metric, table and curve of the network and the baseline on the test split."""
+    """Pure stage: every metric, table and curve of the network and the baseline on the test split;
+    with `predict` (raw rows in, probabilities out: the network's scoring), its permutation importance."""
     label = params.data.label
     y_valid = frames["valid"][label].to_numpy()
     y_test = frames["test"][label].to_numpy()
@@ -114,6 +122,14 @@ def evaluate(
 
     slices, gaps = slice_metrics(frames["test"], y_test, p_test, threshold, params.data.slices)
     roc, pr = curves(y_test, p_test)
+    imp = cfg.importance
+    importance = (
+        permutation_importance(
+            predict, frames["test"], y_test, params.data.features, imp.repeats, imp.seed, imp.max_rows
+        )
+        if predict is not None
+        else None
+    )
     return {
         "metrics": {
             "test": test,
@@ -127,6 +143,7 @@ def evaluate(
         "calibration": calibration_table(y_test, p_test, cfg.calibration_bins),
         "confusion": confusion_table(y_test, p_test, threshold),
         "confusion_matrix": skm.confusion_matrix(y_test, (p_test >= threshold).astype(int), labels=[0, 1]).tolist(),
+        "importance": importance,
     }
 
 
@@ -190,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prepared", default=paths.PREPARED, type=Path)
     ap.add_argument("--model", default=paths.TRAIN_OUT, type=Path)
     ap.add_argument("--out", default=paths.EVAL_OUT, type=Path)
+    ap.add_argument("--importance", default=paths.IMPORTANCE, type=Path)
     args = ap.parse_args(argv)
     params = load_params(args.params)
 
@@ -202,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     frames, pre = read_prepared(args.prepared)
     module = load_module(args.model / "model.pt")
     probs = {name: predict_proba(module, *pre.transform(frames[name])) for name in ("valid", "test")}
-    result = evaluate(frames, pre, probs["valid"], probs["test"], params)
+    result = evaluate(
+        frames, pre, probs["valid"], probs["test"], params, predict=lambda f: predict_proba(module, *pre.transform(f))
+    )
     history = pd.read_csv(args.model / "history.csv")
 
     paths.PLOTS.mkdir(parents=True, exist_ok=True)
@@ -211,12 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     history.to_csv(paths.PLOTS / "loss.csv", index=False)
     result["slices"].to_json(paths.SLICES, orient="records", indent=1)
     paths.METRICS.write_text(json.dumps(result["metrics"], indent=1))
+    args.importance.parent.mkdir(parents=True, exist_ok=True)
+    result["importance"].to_csv(args.importance, index=False)
     made = figures(result, history, args.out)
 
     with mlflow.start_run(run_id=run["run_id"]):
         flat = tracking.flatten({k: v for k, v in result["metrics"].items() if k != "slices"})
         numbers = {k: v for k, v in flat.items() if isinstance(v, float)}
         numbers.update({k: v for k, v in result["metrics"]["slices"].items() if isinstance(v, float)})
+        for row in result["importance"].itertuples():  # one number per feature: compared across runs in MLflow
+            if np.isfinite(row.importance):
+                numbers[f"importance.{row.feature}"] = float(row.importance)
         for row in result["slices"].itertuples():
             numbers[f"slice.{row.column}.{row.value}.roc_auc"] = row.roc_auc
             numbers[f"slice.{row.column}.{row.value}.recall"] = row.recall
@@ -231,7 +256,13 @@ def main(argv: list[str] | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path="plots")
         mlflow.log_artifact(str(paths.SLICES), artifact_path="evaluation")
         mlflow.log_artifact(str(paths.METRICS), artifact_path="evaluation")
+        mlflow.log_artifact(str(args.importance), artifact_path="evaluation")
     test, base = result["metrics"]["test"], result["metrics"]["baseline"]
+    top = result["importance"].head(5)
+    print(
+        "evaluate: permutation importance (ROC-AUC drop):",
+        ", ".join(f"{r.feature} {r.importance:+.4f}" for r in top.itertuples()),
+    )
     print(
         f"evaluate: test roc_auc={test['roc_auc']:.4f} brier={test['brier']:.4f} f1={test['f1']:.4f} | "
         f"baseline roc_auc={base['roc_auc']:.4f} | gap {result['metrics']['auc_gap_to_baseline']:+.4f}"

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from flightloop import paths, registry
-from flightloop.config import GateCfg, load_params
+from flightloop.config import GateCfg, ImportanceCfg, load_params
+from flightloop.importance import movers, permutation_importance
 from flightloop.metrics import classification_metrics
 from flightloop.registry import CHALLENGER
 
@@ -172,8 +173,11 @@ def run_gate(
     cfg: GateCfg,
     force_reason: str | None = None,
     notify_url: str | None = None,
+    importance: ImportanceCfg | None = None,
 ) -> dict[str, Any]:
     """Score champion and challenger on `window`, apply `decide`, record the decision, move the alias.
+    The record also names the features whose permutation importance moved most between the two
+    (`cfg.importance_top` of them, computed on the same window with `importance`).
 
     Safe to retry at every step: a decision already recorded for the same version, window and rule is
     completed (its alias move finished) instead of taken again. The alias moves only if the champion the
@@ -226,10 +230,12 @@ def run_gate(
         new = load_scorer(name, version, Path(tmp) / "new")
         y = frame[label].to_numpy()
         challenger_scores = score(y, new.predict_proba(frame), frame, cfg)
-        champion_scores = None
+        champion_scores, moved = None, []
         if champion is not None:
             old = load_scorer(name, champion, Path(tmp) / "old")
             champion_scores = score(y, old.predict_proba(frame), frame, cfg)
+            if cfg.importance_top:
+                moved = importance_movers(old, new, frame, y, importance or ImportanceCfg(), cfg.importance_top)
     decision = decide(champion_scores, challenger_scores, cfg)
     promote, reason = decision.promote, decision.reason
     now = registry.alias_version(client, name)
@@ -249,6 +255,7 @@ def run_gate(
             "improvement": decision.improvement,
             "window_rows": challenger_scores.rows,
             "worse_slices": decision.worse_slices[:5],
+            "importance_movers": moved,
             "reason": reason,
         },
     )
@@ -272,6 +279,17 @@ def run_gate(
     if registry.alias_version(client, name, CHALLENGER) is None:
         client.set_registered_model_alias(name, CHALLENGER, str(version))
     return _result(event)
+
+
+def importance_movers(
+    champion, challenger, frame: pd.DataFrame, y: np.ndarray, cfg: ImportanceCfg, top: int
+) -> list[dict[str, Any]]:
+    """Permutation importance of both scorers on the same rows and shuffles; the `top` largest changes."""
+    tables = [
+        permutation_importance(m.predict_proba, frame, y, sorted(set(m.features)), cfg.repeats, cfg.seed, cfg.max_rows)
+        for m in (champion, challenger)
+    ]
+    return movers(*tables, top=top)
 
 
 def rollback(
@@ -318,6 +336,11 @@ def format_history(events: list[dict[str, Any]]) -> str:
         lines.append(
             f"{e['seq']:>3} {e['at']:25} {e['action']:9} {e['version']:>4} {arrow:>9}  {e['flow_run']}: {e['reason']}"
         )
+        if e.get("importance_movers"):
+            shown = ", ".join(
+                f"{m['feature']} {m['champion']:.4f}->{m['challenger']:.4f}" for m in e["importance_movers"]
+            )
+            lines.append(f"{'':>44}importance moved most: {shown}")
     return "\n".join(lines)
 
 
@@ -356,7 +379,9 @@ def main(argv: list[str] | None = None) -> None:
         if version is None:
             raise SystemExit("promote: no @challenger; pass --version")
         force = (args.reason or "no reason given") if args.force else None
-        result = run_gate(name, version, args.window, params.data.label, params.gate, force, url)
+        result = run_gate(
+            name, version, args.window, params.data.label, params.gate, force, url, params.evaluate.importance
+        )
         print(f"promote: v{version} {'promoted' if result['promoted'] else 'refused'}: {result['reason']}")
     elif cmd == "rollback":
         try:
@@ -366,11 +391,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rollback: champion v{event['champion_before']} -> v{event['champion_after']} ({event['notify']})")
     else:
         version = args.version or json.loads(args.registered.read_text())["version"]
-        result = run_gate(name, int(version), args.window, params.data.label, params.gate, notify_url=url)
+        result = run_gate(
+            name,
+            int(version),
+            args.window,
+            params.data.label,
+            params.gate,
+            notify_url=url,
+            importance=params.evaluate.importance,
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, default=str))
         verdict = "PROMOTED" if result["promoted"] else "REFUSED"
         print(f"gate: {name} v{version} {verdict}: {result['reason']} -> champion v{result['champion_version']}")
+        for m in result.get("importance_movers") or []:
+            print(f"gate: importance of {m['feature']}: {m['champion']:.4f} (champion) -> {m['challenger']:.4f}")
 
 
 if __name__ == "__main__":

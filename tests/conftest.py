@@ -24,6 +24,8 @@ SMALL = {
     "train.max_epochs": 3,
     "train.sample_frac": 0.5,
     "train.batch_size": 256,
+    "train.min_batches": 1,  # the training length as written here (a small table's floors are off)
+    "train.min_steps": 0,
     "train.lr": 0.003,
     "evaluate.baseline.max_iter": 30,
 }

@@ -115,6 +115,13 @@ def test_gate_refuses_shuffled_promotes_better_and_rollback_restores(tmp_path):
     refused = json.loads((project / "reports" / "gate.json").read_text())
     assert not refused["promoted"] and refused["champion_version"] == 1 and refused["flow_run"] == "flow-run-shuffled"
     assert refused["challenger_score"] < refused["champion_score"] + 0.005
+    # the record names the features whose permutation importance moved most (the shuffled-label model's fell)
+    moved = refused["importance_movers"]
+    features = load_params(project / "params.yaml").data.features
+    assert len(moved) == 5 and {m["feature"] for m in moved} <= set(features), moved
+    assert abs(moved[0]["change"]) >= abs(moved[-1]["change"]) and moved[0]["change"] == pytest.approx(
+        moved[0]["challenger"] - moved[0]["champion"], abs=1e-4
+    )
 
     # v3: real labels and more training, through dvc repro (train -> ... -> gate) -> promoted
     shutil.copy2(tmp_path / "train.backup.parquet", train)
@@ -145,3 +152,4 @@ def test_gate_refuses_shuffled_promotes_better_and_rollback_restores(tmp_path):
     ]
     table = _py(project, "-m", "tasks.gate", "history")
     assert "refuse" in table and "promote" in table and "rollback" in table and "flow-run-shuffled" in table
+    assert f"importance moved most: {moved[0]['feature']}" in table

@@ -140,3 +140,35 @@ def test_pyfunc_is_loaded_from_code_and_its_signature_takes_int64_columns(tmp_pa
     assert frame["month"].dtype == np.int64
     assert np.allclose(model.predict(frame).to_numpy(), scorer.predict_proba(frame))
     assert not list((tmp_path / "pyfunc").rglob("*.pkl"))
+
+
+# ---- training length follows the data: a small table still gets enough updates ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "overrides", "expected"),
+    [
+        (109_119, {}, (1024, 20)),  # the default data: 107 batches an epoch, floors not reached
+        (1_078, {}, (54, 25)),  # a small table: 20 batches an epoch, 500 steps in the budget
+        (3_000, {}, (150, 25)),
+        (300, {}, (15, 25)),
+        (1_078, {"min_batches": 1, "min_steps": 0}, (1024, 20)),  # floors off: as written
+        (1_078, {"max_epochs": 40}, (54, 40)),  # a larger budget stands
+    ],
+)
+def test_schedule_gives_a_small_table_smaller_batches_and_more_epochs(rows, overrides, expected):
+    from flightloop.config import TrainCfg
+    from models.fit import schedule
+
+    assert schedule(rows, TrainCfg(**overrides)) == expected
+
+
+def test_the_plateau_schedule_halves_the_rate_on_validation_loss():
+    module = TabularClassifier([2], 2, lr=0.01, lr_schedule="plateau", lr_patience=1)
+    config = module.configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["monitor"] == "val_loss"
+    for loss in (1.0, 1.0, 1.0):  # no improvement for more than lr_patience epochs
+        scheduler.step(loss)
+    assert config["optimizer"].param_groups[0]["lr"] == pytest.approx(0.005)
+    assert isinstance(TabularClassifier([2], 2, lr_schedule="none").configure_optimizers(), torch.optim.Adam)
