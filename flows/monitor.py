@@ -23,7 +23,7 @@ from monitoring import alerts, report
 from monitoring.drift import drift_report
 from monitoring.loop import decide_window, load_champion
 from monitoring.policy import data_time
-from serving.predlog import read_predictions
+from serving.predlog import read_new
 from tasks.ingest import read_table
 
 
@@ -36,6 +36,15 @@ def run_name() -> str:
         return f"monitor-{Path(given['batch']).stem}"
     end = given.get("window_end")
     return f"monitor-{pd.Timestamp(end):%Y-%m-%d}" if end else "monitor-latest"
+
+
+STORE_ENV = "FLIGHTLOOP_PREDICTION_STORE"  # where the replicas log, when not in this checkout (make stack)
+
+
+def prediction_store(project: Path, params) -> Path:  # noqa: ANN001 - Params
+    """The prediction store monitoring reads: FLIGHTLOOP_PREDICTION_STORE (shared by every replica and
+    host), else the project's serving.prediction_dir; each replica's subfolder is read on its own."""
+    return Path(os.environ.get(STORE_ENV) or project / params.serving.prediction_dir)
 
 
 @flow(name="monitoring", flow_run_name=run_name)
@@ -72,13 +81,14 @@ def monitoring(
         label_rows = current.assign(**{data.time_column: times}) if own else labels.features
         newest, skipped = None, []
     else:
-        current = read_predictions(project / params.serving.prediction_dir, since=state.log_watermark)
+        marks = dict(state.log_watermarks)
+        if not marks and state.log_watermark is not None:  # a state from before per-replica watermarks
+            marks = {"": state.log_watermark}
+        current, new_marks = read_new(prediction_store(project, params), marks)
         unread = current.attrs.get("skipped") or {}  # unreadable parts of the store, left out with a report
         skipped = [*unread.get("corrupt_parts", []), *unread.get("journal_records", [])]
         if skipped:
             logger.warning("monitoring: %d unreadable prediction-log part(s) skipped: %s", len(skipped), skipped[:5])
-        if state.log_watermark is not None:  # `since` is inclusive: the newest row read last time is not new
-            current = current[current["ts"] > pd.Timestamp(state.log_watermark).tz_localize("UTC")]
         if current.empty:
             logger.info("monitoring: nothing new since %s", state.log_watermark)
             return {"skipped": "no new rows", "since": str(state.log_watermark), "skipped_parts": skipped}
@@ -105,7 +115,8 @@ def monitoring(
         notify_urls=alerts.notify_urls(mcfg.notify_urls),
     )
     if newest is not None:
-        store.update(lambda s: s.model_copy(update={"log_watermark": data_time(newest)}))
+        marked = {"log_watermark": data_time(newest), "log_watermarks": new_marks}
+        store.update(lambda s: s.model_copy(update=marked))
     summary, decision = outcome.summary, outcome.decision
     snapshot = task(drift_report, name="evidently-report")(current, champion.reference, mcfg) if html else None
     files = report.save_window(summary, decision, snapshot, project / report.MONITORING_REPORTS)
@@ -113,11 +124,13 @@ def monitoring(
         files["quarantine"] = outcome.quarantined
     run_id = report.log_to_mlflow(summary, decision, files, f"{params.register_.experiment}-monitoring")
     figures = summary.key_figures()
+    per_replica = current["replica"].value_counts().to_dict() if "replica" in current.columns else {}
     create_table_artifact(
         key="monitoring-window",
         table=[{"figure": k, "value": round(v, 4)} for k, v in figures.items() if not k.startswith("drift.")]
         + [{"figure": "decision", "value": f"{decision.kind}: retrain={decision.retrain}"}]
-        + [{"figure": "unreadable log parts skipped", "value": len(skipped)}],
+        + [{"figure": "unreadable log parts skipped", "value": len(skipped)}]
+        + [{"figure": f"rows from replica {r or '(one service)'}", "value": int(n)} for r, n in per_replica.items()],
         description=f"Monitoring of {name} v{version}, window {summary.window_id}: " + "; ".join(decision.reasons),
     )
     return {

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.checkout import BRANCH_ENV, REMOTE_ENV
+from flows.monitor import STORE_ENV
 from flows.ui import HOST, stop, wait_healthy
 from monitoring.report import STATE_DB_ENV
 
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     job_env = {"MLFLOW_TRACKING_URI": mlflow_url, REMOTE_ENV: str(layout.dvc_remote), BRANCH_ENV: "main"}
     job_env |= {"SERVING_URL": ",".join(replicas), "MLFLOW_UI_URL": mlflow_url}
     job_env[STATE_DB_ENV] = f"{args.pg.rstrip('/')}/{layout.database('loop')}"  # the retraining policy's state
+    job_env[STORE_ENV] = str(layout.root / "predictions")  # every replica logs to its own folder in it
     procs: list[subprocess.Popen] = []
 
     def on_signal(signum: int, _frame: object) -> None:

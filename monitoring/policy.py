@@ -103,6 +103,7 @@ class PolicyState(BaseModel):
     first_window_end: datetime | None = None
     last_window_end: datetime | None = None
     log_watermark: datetime | None = None  # arrival time of the newest prediction-log row monitored
+    log_watermarks: dict[str, datetime] = Field(default_factory=dict)  # the same per replica ("": one service)
     windows_since_retrain: int = 0
     labels_since_retrain: int = 0
     pending: RetrainRecord | None = None  # requested or running, not finished

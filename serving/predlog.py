@@ -228,6 +228,46 @@ def read_predictions(
     return out
 
 
+def replica_stores(folder: Path | str) -> dict[str, Path]:
+    """The stores under `folder` by replica name: `folder` itself ("") when a service logs there, and
+    each subfolder a replica logs to (`make stack` gives every replica its own)."""
+    folder = Path(folder)
+
+    def is_store(d: Path) -> bool:
+        return any(d.glob("date=*")) or (d / journal.JOURNAL_DIR).exists()
+
+    found = {"": folder} if is_store(folder) else {}
+    if folder.is_dir():
+        found |= {
+            d.name: d
+            for d in sorted(folder.iterdir())
+            if d.is_dir() and not d.name.startswith(("date=", "_")) and is_store(d)
+        }
+    return found
+
+
+def read_new(folder: Path | str, watermarks: dict[str, datetime]) -> tuple[pd.DataFrame, dict[str, datetime]]:
+    """Rows each replica logged after its own watermark (its newest row read before), with a `replica`
+    column, oldest first; and the watermarks moved to the newest row read per replica. A replica whose
+    rows reach the store late (a slow flush, a replica that was down) is read from where it stopped, not
+    from where the fastest replica got to, so every row is read once."""
+    frames, marks, skipped = [], dict(watermarks), {"corrupt_parts": [], "journal_records": []}
+    for name, path in replica_stores(folder).items():
+        since = _utc(watermarks.get(name))
+        rows = read_predictions(path, since=since)
+        for key, items in rows.attrs.get("skipped", {}).items():
+            skipped[key] += items
+        if since is not None:  # `since` is inclusive: the newest row read last time is not new
+            rows = rows[rows["ts"] > since]
+        if len(rows):
+            marks[name] = rows["ts"].max().tz_convert("UTC").tz_localize(None).to_pydatetime()
+            frames.append(rows.assign(replica=name))
+    out = pd.concat(frames, ignore_index=True) if frames else _empty().assign(replica=pd.Series(dtype=str))
+    out = out.sort_values("ts", kind="stable").reset_index(drop=True)
+    out.attrs["skipped"] = skipped
+    return out, marks
+
+
 def read_dead_letters(folder: Path | str) -> list[Entry]:
     """Requests the service answered whose rows could not be stored as Parquet (as they were sent)."""
     out = []

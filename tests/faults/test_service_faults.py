@@ -589,3 +589,35 @@ def test_redaction_masks_uri_credentials(monkeypatch):
     out = redact(text)
     assert "p%40ss-w0rd" not in out and "p@ss-w0rd" not in out and "alice:" not in out
     assert "mlflow.example:443/api" in out
+
+
+def test_monitoring_reads_every_replica_row_once_when_one_replica_flushes_late(tmp_path):
+    """Two replicas log to their own folders of one store; replica b's rows reach the store only after
+    monitoring has read past their times (a slow flush, a replica that was cut off). Per-replica
+    watermarks read them on the next run; one global watermark (the newest row seen) would skip them."""
+    import shutil
+    from datetime import datetime, timedelta, timezone
+
+    from serving.predlog import read_new
+
+    store, t0 = tmp_path / "store", datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def log(folder, name, minutes):
+        plog = PredictionLog(folder, categorical={"carrier"}, flush_rows=2, flush_seconds=3600)
+        plog.start()
+        for m in minutes:
+            plog.put(f"{name}-{m}", t0 + timedelta(minutes=m), 1, [{"carrier": "AA", "distance": float(m)}], [0.5], [1])
+        plog.close()
+
+    log(store / "replica-a", "a", [1, 5, 9])
+    first, marks = read_new(store, {})
+    assert sorted(first["request_id"]) == ["a-1", "a-5", "a-9"] and set(first["replica"]) == {"replica-a"}
+
+    log(tmp_path / "late", "b", [2, 6])  # answered before a's newest row, delivered after the first read
+    shutil.copytree(tmp_path / "late", store / "replica-b")
+    log(store / "replica-a", "a", [12])
+    second, marks = read_new(store, marks)
+    assert sorted(second["request_id"]) == ["a-12", "b-2", "b-6"]
+    assert read_new(store, marks)[0].empty  # nothing is read twice
+    newest_seen = first["ts"].max()
+    assert len(read_predictions(store / "replica-b", since=newest_seen)) == 0  # what a global watermark misses
