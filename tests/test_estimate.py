@@ -92,3 +92,18 @@ def test_calibrator_needs_both_classes_and_skips_missing_scores():
     assert cal.rows == 2
     assert estimate(np.array([np.nan]), cal) is None
     assert cal(np.array([-1.0, 2.0])).tolist() == [0.0, 1.0]  # clipped outside the reference's scores
+
+
+def test_matches_nannyml():
+    # Fixed expectations generated with nannyml 0.13.1 (a separate venv: pip install nannyml==0.13.1
+    # 'pandas<3' statsmodels) on exactly these arrays: nml.CBPE(y_pred_proba=..., y_pred=..., y_true=...,
+    # metrics=["roc_auc"], problem_type="classification_binary", chunk_number=1).fit(reference) then
+    # .estimate(window); NannyML rounds its expected counts to 5 decimals, hence the 1e-6. NannyML's CBPE
+    # has no Brier estimate to compare with.
+    rng = np.random.default_rng(7)
+    ref_p = probabilities(rng, 20000)
+    ref_y = (rng.random(20000) < ref_p).astype(int)
+    calibrator = fit_calibrator(ref_p**0.3, ref_y)
+    nannyml = [0.8164893986611095, 0.8190872884970558, 0.8160695651244898]
+    for shift, expected in zip([0.0, -0.8, 0.6], nannyml, strict=True):
+        assert estimate(probabilities(rng, 5000, shift) ** 0.3, calibrator).roc_auc == pytest.approx(expected, abs=1e-6)
