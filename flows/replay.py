@@ -212,6 +212,8 @@ def replay_window(
         # the same figures estimated from the window's scores alone, before any label (monitoring/estimate.py)
         "est_auc": summary.estimated.roc_auc if summary.estimated else float("nan"),
         "est_brier": summary.estimated.brier if summary.estimated else float("nan"),
+        "positive_rate": truth["positive_rate"],  # realised share of late flights, and the share expected
+        "est_positive_rate": summary.estimated.positive_rate if summary.estimated else float("nan"),
         "drift_share": summary.drift.share,
         "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
         "labelled_rows": summary.labelled_rows,

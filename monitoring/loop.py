@@ -68,7 +68,10 @@ def load_champion(name: str, version: int, params: Params) -> Champion:
         calibrator = None
         if labelled is not None:
             labelled = labelled.dropna(subset=[params.data.label])
-            calibrator = fit_calibrator(scorer.predict_proba(labelled), labelled[params.data.label].to_numpy())
+            try:
+                calibrator = fit_calibrator(scorer.predict_proba(labelled), labelled[params.data.label].to_numpy())
+            except ValueError as exc:  # e.g. test rows of one class: monitoring goes on without estimates
+                log.warning("models:/%s/%s: no performance estimates: %s", name, version, exc)
         metrics = {
             k: float(v) for k, v in (scorer.meta.get("test_metrics") or {}).items() if isinstance(v, int | float)
         }
