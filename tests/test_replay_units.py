@@ -435,10 +435,10 @@ def test_estimate_accuracy_per_policy():
     table = pd.DataFrame(
         {
             "policy": ["never"] * 3 + ["drift"] * 3,
-            "roc_auc": [0.70, 0.60, 0.80, 0.7, 0.7, 0.7],
-            "est_auc": [0.72, 0.61, 0.77, 0.7, np.nan, 0.7],  # a window without an estimate is left out
-            "brier": [0.20, 0.10, 0.15, 0.2, 0.2, 0.2],
-            "est_brier": [0.19, 0.16, 0.13, 0.2, np.nan, 0.2],
+            "roc_auc": [0.70, 0.60, 0.80, 0.7, 0.6, 0.8],
+            "est_auc": [0.72, 0.61, 0.77, 0.7, np.nan, 0.75],  # a window without an estimate is left out
+            "brier": [0.20, 0.10, 0.15, 0.2, 0.1, 0.15],
+            "est_brier": [0.19, 0.16, 0.13, 0.2, np.nan, 0.1],
         }
     )
     acc = estimate_accuracy(table)
