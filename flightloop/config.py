@@ -239,7 +239,7 @@ class QualityCfg(_Frozen):
     max_out_of_range_share: float = Field(0.05, ge=0, le=1)
 
 
-Trigger = Literal["data_drift", "score_drift", "performance", "schedule", "never"]
+Trigger = Literal["data_drift", "score_drift", "performance", "estimated_performance", "schedule", "never"]
 
 
 class PolicyCfg(_Frozen):

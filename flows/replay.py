@@ -45,6 +45,7 @@ from monitoring.replay import (
     LEVEL,
     Window,
     apply_scenario,
+    estimate_accuracy,
     evidence_text,
     policy_summary,
     retained_improvement,
@@ -208,6 +209,11 @@ def replay_window(
         "logged_rows": len(logged),
         "roc_auc": truth["roc_auc"],
         "brier": truth["brier"],
+        # the same figures estimated from the window's scores alone, before any label (monitoring/estimate.py)
+        "est_auc": summary.estimated.roc_auc if summary.estimated else float("nan"),
+        "est_brier": summary.estimated.brier if summary.estimated else float("nan"),
+        "positive_rate": truth["positive_rate"],  # realised share of late flights, and the share expected
+        "est_positive_rate": summary.estimated.positive_rate if summary.estimated else float("nan"),
         "drift_share": summary.drift.share,
         "score_drift": summary.score_drift.score if summary.score_drift else float("nan"),
         "labelled_rows": summary.labelled_rows,
@@ -260,7 +266,7 @@ def replay_policy(
 
 def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
     """PNG and interactive HTML of AUC and Brier per window (mean over seeds, band: their range),
-    windows where a seed retrained marked."""
+    windows where a seed retrained marked, and dotted the same figures estimated without labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,9 +283,24 @@ def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
         per_window = part.groupby("window")
         x = pd.to_datetime(pd.Series(sorted(per_window.groups)))
         hit = per_window["retrained"].any().to_numpy(dtype=bool)  # a retrain in any seed
-        for i, metric in enumerate(("roc_auc", "brier")):
+        for i, (metric, est) in enumerate((("roc_auc", "est_auc"), ("brier", "est_brier"))):
             mean, low, high = (per_window[metric].agg(f).to_numpy() for f in ("mean", "min", "max"))
             line = axes[i].plot(x, mean, marker=".", label=policy)[0]
+            if est in part.columns and part[est].notna().any():
+                guess = per_window[est].mean().to_numpy()
+                axes[i].plot(x, guess, linestyle=":", color=line.get_color(), label=f"{policy} (estimated)")
+                html.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=guess,
+                        mode="lines",
+                        line={"dash": "dot"},
+                        name=f"{policy} {metric} estimated",
+                        legendgroup=policy,
+                    ),
+                    row=i + 1,
+                    col=1,
+                )
             if several:
                 axes[i].fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
             axes[i].scatter(x[hit], mean[hit], marker="^", s=60, color=line.get_color(), zorder=3)
@@ -311,13 +332,13 @@ def plot(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
             )
     axes[0].set_ylabel("ROC-AUC")
     axes[1].set_ylabel("Brier")
-    axes[0].set_title(f"Replay of 2013: champion quality per window{how} (triangles: retrains)")
+    axes[0].set_title(f"Replay of 2013: champion quality per window{how} (triangles: retrains; dotted: estimated)")
     axes[0].legend()
     fig.tight_layout()
     png, page = out / "replay.png", out / "replay.html"
     fig.savefig(png, dpi=100)
     plt.close(fig)
-    html.update_layout(title=f"Replay of 2013{how} (triangles: retrains)", height=650)
+    html.update_layout(title=f"Replay of 2013{how} (triangles: retrains; dotted: estimated without labels)", height=650)
     html.write_html(page, include_plotlyjs=True)
     return png, page
 
@@ -444,6 +465,8 @@ def replay(
     summary.to_csv(out / "summary.csv", index=False)
     evidence.to_csv(out / "evidence.csv", index=False)
     png, page = plot(table, out)
+    accuracy = estimate_accuracy(table)
+    (out / "estimate_accuracy.json").write_text(json.dumps(accuracy, indent=1, default=float))
     result = {
         "quick": quick,
         "policies": chosen,
@@ -462,6 +485,7 @@ def replay(
         "bootstrap": {**boot.model_dump(), "level": LEVEL, "method": "circular block bootstrap over windows"},
         "vs_never": evidence.to_dict("records"),
         "vs_never_text": said,
+        "estimate_accuracy": accuracy,
     }
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=float))
 
@@ -491,8 +515,11 @@ def replay(
         for rec in evidence.to_dict("records"):
             stem = f"{rec['policy']}.vs_never.{rec['part']}.{rec['metric']}"
             metrics |= {f"{stem}.{k}": float(rec[k]) for k in ("diff", "ci_low", "ci_high", "diff_per_retrain")}
+        for p, acc in accuracy.items():
+            metrics |= {f"{p}.estimate.{k}": float(v) for k, v in acc.items() if k != "windows"}
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        for f in (out / "windows.csv", out / "summary.csv", out / "evidence.csv", out / "summary.json", png, page):
+        files = ("windows.csv", "summary.csv", "evidence.csv", "summary.json", "estimate_accuracy.json")
+        for f in (*(out / name for name in files), png, page):
             mlflow.log_artifact(str(f))
         mlflow.log_text("\n".join(said), "evidence.txt")
     create_table_artifact(

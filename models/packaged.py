@@ -24,6 +24,8 @@ except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
 
 REFERENCE_FILE = "reference.parquet"  # the training rows, logged with the model for drift checks
+# its labelled test rows (never trained on), logged with it to calibrate its scores for label-free estimates
+CALIBRATION_FILE = "calibration.parquet"
 NET_KEYS = ("cardinalities", "n_numeric", "max_embedding_dim", "hidden", "dropout")
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # the pyfunc as code: mlflow.pyfunc.log_model(python_model=)
 REGISTRY_META = "registered_model_meta"  # MLflow writes the model name and version here on download
@@ -181,6 +183,15 @@ def load_scorer(name: str, version: int, dst: Path | str | None = None) -> Score
 
 def load_with_reference(name: str, version: int, dst: Path | str | None = None) -> tuple[Scorer, pd.DataFrame]:
     """A registered version's Scorer and the rows it was trained on (its drift reference), as logged with it."""
+    scorer, reference, _ = load_for_monitoring(name, version, dst)
+    return scorer, reference
+
+
+def load_for_monitoring(
+    name: str, version: int, dst: Path | str | None = None
+) -> tuple[Scorer, pd.DataFrame, pd.DataFrame | None]:
+    """A registered version's Scorer, its drift reference (training rows) and its labelled test rows that
+    calibrate its scores (None for a version logged before they were), from one download."""
     folder = model_dir(name, version, dst)
     reference = artifacts_of(folder) / REFERENCE_FILE
     if not reference.exists():
@@ -188,4 +199,6 @@ def load_with_reference(name: str, version: int, dst: Path | str | None = None) 
             f"models:/{name}/{version} carries no {REFERENCE_FILE} (registered before references were logged "
             "with the model): retrain it (`dvc repro` or the training flow) to monitor it"
         )
-    return scorer_from(folder), pd.read_parquet(reference)
+    calibration = artifacts_of(folder) / CALIBRATION_FILE
+    labelled = pd.read_parquet(calibration) if calibration.exists() else None
+    return scorer_from(folder), pd.read_parquet(reference), labelled

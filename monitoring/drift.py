@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from flightloop.config import DataCfg, MonitoringCfg
+from monitoring.estimate import Calibrator, EstimatedPerformance, estimate
 
 
 class _Out(BaseModel):
@@ -74,6 +75,7 @@ class WindowSummary(_Out):
     score_drift: ScoreDrift | None
     quality: QualityFigures
     performance: PerformanceFigures | None
+    estimated: EstimatedPerformance | None = None  # from the scores alone (monitoring/estimate.py), labels or not
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -95,6 +97,12 @@ class WindowSummary(_Out):
             p = self.performance
             out.update(roc_auc=p.roc_auc, brier=p.brier, log_loss=p.log_loss)
             out.update({k: v for k, v in (("auc_drop", p.auc_drop), ("brier_rise", p.brier_rise)) if v is not None})
+        if self.estimated:
+            e = self.estimated
+            out.update(est_roc_auc=e.roc_auc, est_brier=e.brier)
+            out.update(
+                {f"est_{k}": v for k, v in (("auc_drop", e.auc_drop), ("brier_rise", e.brier_rise)) if v is not None}
+            )
         out.update({f"drift.{k}": v for k, v in self.drift.scores.items()})
         return out
 
@@ -372,8 +380,10 @@ def summarize_window(
     champion_metrics: dict[str, float] | None = None,
     model_name: str | None = None,
     model_version: int | None = None,
+    calibrator: Calibrator | None = None,
 ) -> WindowSummary:
-    """Drift, score drift, quality and (when labels have arrived) performance of one window.
+    """Drift, score drift, quality, (when labels have arrived) performance of one window, and (given the
+    champion's `calibrator`) its performance estimated from the scores of all its rows.
 
     Labels come only from `labels`, through `join_labels` (the delay is enforced); a label column
     already in `current` is ignored."""
@@ -401,7 +411,17 @@ def summarize_window(
         score_drift=score_drift(used, reference, cfg),
         quality=data_quality(current, reference),
         performance=perf,
+        estimated=estimated_performance(current, cfg, calibrator, champion_metrics),
     )
+
+
+def estimated_performance(
+    current: pd.DataFrame, cfg: MonitoringCfg, calibrator: Calibrator | None, champion: dict[str, float] | None
+) -> EstimatedPerformance | None:
+    """Label-free ROC-AUC and Brier of the window's scores (None without a calibrator or scores)."""
+    if calibrator is None or cfg.score_column not in current.columns:
+        return None
+    return estimate(current[cfg.score_column].to_numpy(dtype=np.float64), calibrator, champion)
 
 
 def drift_report(current: pd.DataFrame, reference: Reference, cfg: MonitoringCfg):

@@ -20,6 +20,7 @@ from flightloop import paths, tracking
 from flightloop.config import Params, PolicyCfg
 from monitoring import alerts
 from monitoring.drift import Reference, WindowSummary, build_reference, summarize_window
+from monitoring.estimate import Calibrator, fit_calibrator
 from monitoring.policy import (
     Decision,
     PolicyState,
@@ -38,32 +39,43 @@ log = logging.getLogger("monitoring.loop")
 
 @dataclass(frozen=True)
 class Champion:
-    """The live model as monitoring sees it: its version, scorer, test metrics and drift reference."""
+    """The live model as monitoring sees it: its version, scorer, test metrics, drift reference and the
+    calibrator of its scores (for label-free estimates; None for a version logged without test rows)."""
 
     name: str
     version: int
     scorer: Any  # models.packaged.Scorer
     test_metrics: dict[str, float]
     reference: Reference
+    calibrator: Calibrator | None = None
 
 
 _champions: dict[tuple, Champion] = {}
 
 
 def load_champion(name: str, version: int, params: Params) -> Champion:
-    """A registered version as monitoring needs it: scorer, test metrics, and the drift reference built
-    from the rows it was trained on (logged with it) scored by itself. Built once per version and config."""
-    from models.packaged import load_with_reference
+    """A registered version as monitoring needs it: scorer, test metrics, the drift reference built
+    from the rows it was trained on (logged with it) scored by itself, and a calibrator of its scores
+    fitted on its labelled test rows (logged with it; the rows its test metrics come from, never trained
+    on). Built once per version and config."""
+    from models.packaged import load_for_monitoring
 
     key = (tracking.tracking_uri(), name, version, params.monitoring.model_dump_json(), params.data.model_dump_json())
     if key not in _champions:
         with tempfile.TemporaryDirectory() as tmp:
-            scorer, rows = load_with_reference(name, version, tmp)
+            scorer, rows, labelled = load_for_monitoring(name, version, tmp)
         reference = build_reference(rows, params.data, params.monitoring, scorer.predict_proba(rows))
+        calibrator = None
+        if labelled is not None:
+            labelled = labelled.dropna(subset=[params.data.label])
+            try:
+                calibrator = fit_calibrator(scorer.predict_proba(labelled), labelled[params.data.label].to_numpy())
+            except ValueError as exc:  # e.g. test rows of one class: monitoring goes on without estimates
+                log.warning("models:/%s/%s: no performance estimates: %s", name, version, exc)
         metrics = {
             k: float(v) for k, v in (scorer.meta.get("test_metrics") or {}).items() if isinstance(v, int | float)
         }
-        _champions[key] = Champion(name, version, scorer, metrics, reference)
+        _champions[key] = Champion(name, version, scorer, metrics, reference, calibrator)
     return _champions[key]
 
 
@@ -110,6 +122,7 @@ def decide_window(
         champion_metrics=champion.test_metrics,
         model_name=champion.name,
         model_version=champion.version,
+        calibrator=champion.calibrator,
     )
     now = data_time(end)
     first_day = f"{params.data.start}-01"

@@ -19,11 +19,14 @@ QUALITY_EVENT = "data.quality.alert"
 RETRAIN_EVENTS = (DRIFT_EVENT, PERFORMANCE_EVENT, SCHEDULE_EVENT)
 COMPLETED_EVENT, FAILED_EVENT = "model.retrain.completed", "model.retrain.failed"  # what a retrain reports
 
-Kind = Literal["data_drift", "score_drift", "performance", "schedule", "data_quality", "manual", "none"]
+Kind = Literal[
+    "data_drift", "score_drift", "performance", "estimated_performance", "schedule", "data_quality", "manual", "none"
+]
 EVENT_OF_KIND = {
     "data_drift": DRIFT_EVENT,
     "score_drift": DRIFT_EVENT,
     "performance": PERFORMANCE_EVENT,
+    "estimated_performance": PERFORMANCE_EVENT,  # the same automation retrains on it
     "schedule": SCHEDULE_EVENT,
     "data_quality": QUALITY_EVENT,
 }
@@ -170,6 +173,18 @@ def _fired(summary: WindowSummary, state: PolicyState, cfg: PolicyCfg, now: date
                 fired.append((kind, f"ROC-AUC {p.roc_auc:.3f} is {p.auc_drop:.3f} below the champion's test AUC"))
             elif p.brier_rise is not None and p.brier_rise > cfg.brier_rise:
                 fired.append((kind, f"Brier {p.brier:.3f} is {p.brier_rise:.3f} above the champion's test Brier"))
+        elif kind == "estimated_performance" and summary.estimated:
+            # label-free: fires on the window's scores alone; the retrain it asks for still waits for
+            # policy.min_new_labels labelled rows (in `decide`), as it has to train on something
+            e = summary.estimated
+            if e.auc_drop is not None and e.auc_drop > cfg.auc_drop:
+                fired.append(
+                    (kind, f"estimated ROC-AUC {e.roc_auc:.3f} is {e.auc_drop:.3f} below the champion's test AUC")
+                )
+            elif e.brier_rise is not None and e.brier_rise > cfg.brier_rise:
+                fired.append(
+                    (kind, f"estimated Brier {e.brier:.3f} is {e.brier_rise:.3f} above the champion's test Brier")
+                )
         elif kind == "schedule":
             since = state.last_retrain_at or state.first_window_end
             if cfg.every_windows and state.windows_since_retrain + 1 >= cfg.every_windows:

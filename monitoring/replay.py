@@ -109,6 +109,35 @@ def retained_improvement(summary: pd.DataFrame, policy: str, reference: str = "m
     }
 
 
+def estimate_accuracy(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per policy, how well the label-free estimates (est_auc, est_brier, est_positive_rate) followed the
+    realised ROC-AUC, Brier and share of positives over its windows (seeds pooled): mean absolute error,
+    mean error (estimate minus realised) and Spearman rank correlation across windows. Windows without an
+    estimate are left out."""
+    out = {}
+    for policy, part in table.groupby("policy", sort=False):
+        acc: dict[str, float] = {}
+        pairs = (
+            ("roc_auc", "est_auc", "auc"),
+            ("brier", "est_brier", "brier"),
+            ("positive_rate", "est_positive_rate", "rate"),
+        )
+        for real, est, name in pairs:
+            if real not in part.columns or est not in part.columns:
+                continue
+            both = part[[real, est]].dropna()
+            if len(both) < 2:
+                continue
+            err = both[est] - both[real]
+            acc["windows"] = len(both)
+            acc[f"{name}_mae"] = float(err.abs().mean())
+            acc[f"{name}_bias"] = float(err.mean())
+            acc[f"{name}_spearman"] = float(both[real].corr(both[est], method="spearman"))
+        if acc:
+            out[str(policy)] = acc
+    return out
+
+
 # --- paired evidence: each policy against `never`, window by window --------------------------------------
 
 METRICS = {"roc_auc": "higher", "brier": "lower"}  # which way is better

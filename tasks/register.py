@@ -42,7 +42,7 @@ def log_and_register(
     from mlflow.entities import LoggedModelOutput
     from mlflow.tracking import MlflowClient
 
-    from models.packaged import PYFUNC_CODE, REFERENCE_FILE, Scorer, signature
+    from models.packaged import CALIBRATION_FILE, PYFUNC_CODE, REFERENCE_FILE, Scorer, signature
 
     name = params.register_.model_name
     features = params.data.features
@@ -64,11 +64,15 @@ def log_and_register(
         # the rows it was trained on travel with it: monitoring's drift reference for as long as it is live
         reference = Path(tmp) / REFERENCE_FILE
         frames["train"][[params.data.time_column, *features]].to_parquet(reference, index=False)
+        # ... and its labelled test rows: the calibrator of label-free performance estimates (monitoring/estimate.py)
+        calibration = Path(tmp) / CALIBRATION_FILE
+        frames["test"][[params.data.time_column, *features, params.data.label]].to_parquet(calibration, index=False)
         artifacts = {
             "preprocessor": str(prepared / "preprocessor.json"),
             "model": str(model_dir / "model.pt"),
             "meta": str(meta_path),
             "reference": str(reference),
+            "calibration": str(calibration),
         }
         # the files must load (tensors and JSON only) and score before anything is logged
         Scorer.from_files(artifacts["preprocessor"], artifacts["model"], meta_path).predict_proba(example)

@@ -132,6 +132,55 @@ def test_no_shift_no_retrain(reference):
     assert not decision.retrain and decision.kind == "none" and decision.events == []
 
 
+def squeeze_temp(frame):
+    """Rows the model can barely tell apart (temp near its mean): lower ROC-AUC, scores near 0.5."""
+    temp = 50 + (frame["temp"] - 50) * 0.2
+    return frame.assign(temp=temp, score=1 / (1 + np.exp(-(temp - 50) / 10)))
+
+
+def test_estimated_performance_fires_without_labels_and_its_retrain_waits_for_labels(reference):
+    from monitoring.estimate import fit_calibrator
+
+    test = rows(2000, seed=99)  # the champion's labelled test rows
+    calibrator = fit_calibrator(test["score"].to_numpy(), test["late"].to_numpy())
+    cfg = PolicyCfg(triggers=("estimated_performance",), min_new_labels=0, label_delay_days=1)
+
+    def window(frame):
+        return summarize_window(
+            frame.drop(columns="late"),
+            reference,
+            DATA,
+            MON,
+            window_id="w",
+            start=END - timedelta(days=7),
+            end=END,
+            labels=None,  # no label has arrived
+            champion_metrics=CHAMPION,
+            model_name="flight-delay",
+            model_version=1,
+            calibrator=calibrator,
+        )
+
+    same, squeezed = window(rows(1000, seed=3)), window(squeeze_temp(rows(1000, seed=3)))
+    assert same.performance is None and same.labelled_rows == 0
+    assert (
+        abs(same.estimated.auc_drop) < cfg.auc_drop
+        and not policy.decide(same, policy.PolicyState(), cfg, END, FIRST).fired
+    )
+    assert squeezed.estimated.auc_drop > cfg.auc_drop
+    decision = policy.decide(squeezed, policy.PolicyState(), cfg, END, FIRST)
+    assert decision.retrain and decision.kind == "estimated_performance" and "estimated ROC-AUC" in decision.reasons[0]
+    assert decision.events == [policy.PERFORMANCE_EVENT]
+    # the trigger needs no label; a retrain does (it trains on them): it waits for policy.min_new_labels
+    waiting = policy.decide(squeezed, policy.PolicyState(), cfg.model_copy(update={"min_new_labels": 1000}), END, FIRST)
+    assert (
+        not waiting.retrain
+        and waiting.fired == ["estimated_performance"]
+        and "waiting for labels" in waiting.reasons[-1]
+    )
+    assert {"est_roc_auc", "est_brier", "est_auc_drop", "est_brier_rise"} <= set(squeezed.key_figures())
+
+
 def test_cooldown_starts_when_the_retrain_completes_not_when_it_is_asked_for(reference):
     drifting = summarize(shift_temp(rows(1000, seed=3)), reference)
     first = policy.decide(drifting, policy.PolicyState(), POLICY, END, FIRST)
@@ -410,6 +459,12 @@ def test_monitoring_flow_end_to_end(prefect_api, monitored_project):
     run = mlflow.get_run(out["mlflow_run_id"])
     assert run.data.tags["model_name"] == "flight-delay" and run.data.tags["retrain"] == "true"
     assert run.data.metrics["drift_score.distance"] == pytest.approx(summary["drift"]["scores"]["distance"])
+    # estimated from the window's scores by the calibrator fitted on the champion's labelled test rows,
+    # logged beside the realised figures
+    est = summary["estimated"]
+    assert est["rows"] == summary["rows"] and est["calibration_rows"] > 0 and 0.5 < est["roc_auc"] <= 1
+    assert run.data.metrics["est_roc_auc"] == pytest.approx(est["roc_auc"])
+    assert run.data.metrics["est_brier"] == pytest.approx(est["brier"])
 
     again = monitoring(batch=str(batch), html=False, project_dir=str(project))  # the same window once more
     assert not again["decision"]["retrain"] and again["events"] == []

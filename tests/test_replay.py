@@ -107,6 +107,13 @@ def test_tables_and_plots_are_written(replayed):
     whole = evidence[evidence["part"] == "all"]
     assert (whole["windows"] == 3).all() and (whole["ci_low"] <= whole["diff"]).all()
     assert (whole["diff"] <= whole["ci_high"]).all() and len(summary["vs_never_text"]) == 6
+    # label-free estimates beside the realised figures, and how far they were off
+    assert table[["est_auc", "est_brier"]].notna().all().all() and table["est_auc"].between(0.5, 1).all()
+    accuracy = json.loads((out / "estimate_accuracy.json").read_text())
+    assert set(accuracy) == {"never", "drift"} and accuracy["never"]["windows"] == 3
+    assert accuracy["never"]["auc_mae"] == pytest.approx(
+        (table.query("policy == 'never'").eval("est_auc - roc_auc")).abs().mean()
+    )
 
 
 def test_corrupt_window_alerts_and_trains_nothing(replayed):

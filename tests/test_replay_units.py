@@ -6,7 +6,7 @@ import pytest
 
 from monitoring.loop import new_labelled_rows
 from monitoring.policy import retrain_split
-from monitoring.replay import rows_in, windows
+from monitoring.replay import estimate_accuracy, rows_in, windows
 
 
 def test_weekly_windows_tile_the_range():
@@ -429,3 +429,20 @@ def test_the_replay_runs_every_policy_per_seed_and_writes_the_evidence(tmp_path,
     )
     assert "excludes 0" in artifacts["replay-evidence"] and "replay-summary" in artifacts
     assert {"replay.png", "replay.html", "summary.csv"} <= {p.name for p in out.iterdir()}
+
+
+def test_estimate_accuracy_per_policy():
+    table = pd.DataFrame(
+        {
+            "policy": ["never"] * 3 + ["drift"] * 3,
+            "roc_auc": [0.70, 0.60, 0.80, 0.7, 0.6, 0.8],
+            "est_auc": [0.72, 0.61, 0.77, 0.7, np.nan, 0.75],  # a window without an estimate is left out
+            "brier": [0.20, 0.10, 0.15, 0.2, 0.1, 0.15],
+            "est_brier": [0.19, 0.16, 0.13, 0.2, np.nan, 0.1],
+        }
+    )
+    acc = estimate_accuracy(table)
+    assert acc["never"]["windows"] == 3 and acc["drift"]["windows"] == 2
+    assert acc["never"]["auc_mae"] == pytest.approx(0.02) and acc["never"]["auc_bias"] == pytest.approx(0.0)
+    assert acc["never"]["auc_spearman"] == pytest.approx(1.0) and acc["never"]["brier_spearman"] == pytest.approx(0.5)
+    assert acc["never"]["brier_mae"] == pytest.approx(0.03)
