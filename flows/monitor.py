@@ -23,7 +23,7 @@ from monitoring import alerts, report
 from monitoring.drift import drift_report
 from monitoring.loop import decide_window, load_champion
 from monitoring.policy import data_time
-from serving.predlog import read_new
+from serving.predlog import STORE_ENV, read_new
 from tasks.ingest import read_table
 
 
@@ -36,9 +36,6 @@ def run_name() -> str:
         return f"monitor-{Path(given['batch']).stem}"
     end = given.get("window_end")
     return f"monitor-{pd.Timestamp(end):%Y-%m-%d}" if end else "monitor-latest"
-
-
-STORE_ENV = "FLIGHTLOOP_PREDICTION_STORE"  # where the replicas log, when not in this checkout (make stack)
 
 
 def prediction_store(project: Path, params) -> Path:  # noqa: ANN001 - Params

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from flows.checkout import BRANCH_ENV, REMOTE_ENV
-from flows.monitor import STORE_ENV
 from flows.ui import HOST, stop, wait_healthy
 from monitoring.report import STATE_DB_ENV
+from serving.predlog import STORE_ENV
 
 STACK_DIR = Path(".stack")
 PG_ENV = "STACK_PG_URL"
@@ -140,21 +139,28 @@ def ensure_dvc_remote(layout: Layout, env: dict[str, str]) -> None:
     subprocess.run([*dvc, "push", "-q", "--remote", "stack"], cwd=layout.project, env=env, check=False)
 
 
-def ensure_pool(pool: str, env: dict[str, str]) -> None:
-    """A process work pool (created, or left as it is)."""
-    prefect = str(Path(sys.executable).parent / "prefect")
-    found = subprocess.run([prefect, "work-pool", "inspect", pool], env=env, capture_output=True, text=True)
-    if found.returncode != 0:
-        made = subprocess.run(
-            [prefect, "work-pool", "create", pool, "--type", "process"], env=env, capture_output=True, text=True
-        )
-        if made.returncode != 0:
-            raise StackError(f"could not create work pool {pool!r}: {made.stdout[-500:]}{made.stderr[-500:]}")
+def ensure_pool(pool: str) -> None:
+    """A process work pool (created, or left as it is), on the server PREFECT_API_URL names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            try:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+            except ObjectAlreadyExists:
+                pass
+        client.read_work_pool(pool)  # there now, or this says why not
 
 
-def register_deployments(layout: Layout, pool: str, job_env: dict[str, str]) -> dict[str, Any]:
-    """Every deployment of flows/deploy.py on `pool`, its code pulled from the stack's repository, plus
-    the retrain automation and the project's writer slot. Returns {deployment name: id}."""
+def register_deployments(repository: str, project: Path, pool: str, job_env: dict[str, str]) -> dict[str, Any]:
+    """Every deployment of flows/deploy.py on `pool`, its code pulled from `repository`, plus the retrain
+    automation and the project's writer slot. Returns {deployment name: id}."""
     from flightloop import paths
     from flightloop.config import load_params
     from flows.common import ensure_limit, workspace_limit
@@ -162,23 +168,12 @@ def register_deployments(layout: Layout, pool: str, job_env: dict[str, str]) -> 
     from monitoring.alerts import ensure_retrain_automation
 
     ids = {}
-    for deployment in pool_deployments(str(layout.git), job_env):
+    for deployment in pool_deployments(repository, job_env):
         ids[deployment.name] = deployment.apply(work_pool_name=pool)
-    name = load_params(layout.project / paths.PARAMS).register_.model_name
+    name = load_params(project / paths.PARAMS).register_.model_name
     ensure_limit(workspace_limit(name))
     ensure_retrain_automation(ids["retraining"], model_name=name)
     return ids
-
-
-def replica_params(layout: Layout, index: int) -> Path:
-    """A replica's params.yaml: the project's, with its own prediction log folder."""
-    from flows.workspace import set_params
-
-    folder = layout.root / f"replica-{index}"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(layout.project / "params.yaml", folder / "params.yaml")
-    set_params(folder, {"serving.prediction_dir": str(layout.root / "predictions" / f"replica-{index}")})
-    return folder / "params.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-ports", default="8000,8001", help="one replica per port, comma-separated")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--pool", default="flightloop")
+    ap.add_argument(
+        "--register-only",
+        metavar="REPOSITORY",
+        help="only create the pool and register the deployments (pulling code from REPOSITORY) and the "
+        "automation on the server PREFECT_API_URL names; workers take servers and secrets from their own "
+        "environment (docker-compose.yml)",
+    )
     args = ap.parse_args(argv)
+    if args.register_only:
+        ensure_pool(args.pool)
+        ids = register_deployments(args.register_only, args.project_dir.resolve(), args.pool, {})
+        print(f"stack: {len(ids)} deployments on work pool {args.pool!r}, code from {args.register_only}")
+        return 0
     layout = Layout(args.project_dir.resolve(), args.db_prefix)
     bin_dir = Path(sys.executable).parent
     api = f"http://{HOST}:{args.prefect_port}/api"
@@ -207,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         "DO_NOT_TRACK": "1",
         "GIT_PYTHON_REFRESH": "quiet",
     }
-    client_env = env | {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": mlflow_url}
     # what every flow run on the pool gets, whichever worker runs it
     job_env = {"MLFLOW_TRACKING_URI": mlflow_url, REMOTE_ENV: str(layout.dvc_remote), BRANCH_ENV: "main"}
     job_env |= {"SERVING_URL": ",".join(replicas), "MLFLOW_UI_URL": mlflow_url}
@@ -269,9 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_healthy(f"{api}/health", server, timeout=180)
         wait_healthy(f"{mlflow_url}/health", mlflow, timeout=180)
-        ensure_pool(args.pool, client_env)
-        os.environ.update({"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": mlflow_url, "DO_NOT_TRACK": "1"})
-        ids = register_deployments(layout, args.pool, job_env)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        os.environ.update({"MLFLOW_TRACKING_URI": mlflow_url, "DO_NOT_TRACK": "1"})
+        with temporary_settings(updates={PREFECT_API_URL: api}):  # never an ephemeral API of our own
+            ensure_pool(args.pool)
+            ids = register_deployments(str(layout.git), layout.project, args.pool, job_env)
         print(f"stack: {len(ids)} deployments on work pool {args.pool!r}", flush=True)
         for i in range(1, args.workers + 1):
             home = layout.root / "workers" / f"worker-{i}"  # a host of its own: flows run in clones under it
@@ -283,10 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                 cwd=home,
             )
         for i, port in enumerate(ports, 1):
-            params = replica_params(layout, i)
+            own = layout.root / "predictions" / f"replica-{i}"  # its folder of the store monitoring reads
             start(
                 f"replica-{i}",
-                [sys.executable, "-m", "serving", "--params", str(params), "--port", str(port)],
+                [sys.executable, "-m", "serving", "--port", str(port), "--prediction-dir", str(own)],
                 {"MLFLOW_TRACKING_URI": mlflow_url, "PYTHONPATH": str(layout.project)},
             )
         print(

@@ -464,11 +464,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host")
     ap.add_argument("--port", type=int)
     ap.add_argument(
+        "--prediction-dir", type=Path, help="log predictions here (a replica's own folder of a shared store)"
+    )
+    ap.add_argument(
         "--allow-no-token", action="store_true", help=f"listen beyond loopback without {TOKEN_ENV} (warns loudly)"
     )
     args = ap.parse_args(argv)
     params = load_params(args.params)
     cfg = params.serving
+    if args.prediction_dir is not None:
+        cfg = cfg.model_copy(update={"prediction_dir": args.prediction_dir})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactFilter())

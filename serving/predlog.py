@@ -38,6 +38,7 @@ from serving import journal
 from serving.journal import Journal, Sealed
 
 log = logging.getLogger(__name__)
+STORE_ENV = "FLIGHTLOOP_PREDICTION_STORE"  # the store monitoring reads when the replicas log elsewhere (make stack)
 FIXED = ["request_id", "ts", "model_version", "score", "label_pred"]
 DEAD_DIR = "_deadletter"
 CORRUPT_DIR = "_corrupt"
