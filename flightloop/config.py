@@ -125,6 +125,8 @@ class SplitCfg(_Frozen):
 
 class PrepareCfg(_Frozen):
     min_category_count: int = Field(20, ge=1)
+    trailing_days: float = Field(28, gt=0)  # trailing delay rates count labels that arrived in this many days
+    prior_weight: float = Field(20, ge=0)  # pseudo-rows at the trailing rate of all flights (rare groups)
 
 
 class ModelCfg(_Frozen):
