@@ -62,8 +62,9 @@ def _window_sums(
 def trailing_rates(
     frame: pd.DataFrame, late: pd.Series, time: pd.Series, delay_days: float, window_days: float, prior_weight: float
 ) -> pd.DataFrame:
-    """Smoothed late rate per group over the trailing window of arrived labels, pulled toward the trailing
-    rate of all flights with `prior_weight` pseudo-rows; NaN where the group has no arrived label."""
+    """Per group: its late rate over the trailing window of arrived labels, pulled toward the trailing rate of
+    all flights with `prior_weight` pseudo-rows, minus that rate of all flights (its excess late rate);
+    NaN where the group has no arrived label."""
     delay, window = pd.Timedelta(days=delay_days), pd.Timedelta(days=window_days)
     time = pd.to_datetime(time)
     if time.dt.tz is not None:  # absolute time: a day of delay is 24 hours across a DST change too
@@ -75,7 +76,9 @@ def trailing_rates(
     for name, cols in RATE_GROUPS.items():
         s, n = _window_sums(_key(frame, cols), time, late, delay, window)
         rate = (s + prior_weight * prior) / (n + prior_weight)
-        out[f"late_rate_{name}"] = np.where(n > 0, rate, np.nan)
+        # relative to all flights: the level of delays moves with the season (Jan-Apr train, June test),
+        # how much worse a group is than everyone moves much less
+        out[f"late_rate_{name}"] = np.where(n > 0, rate - prior, np.nan)
     return pd.DataFrame(out, index=frame.index)
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from flightloop.config import load_params
-from tasks.features import FAMILIES
+from tasks.features import FAMILIES, trailing_rates
 from tasks.prepare import LEAKY_COLUMNS, build_features
 from tests.conftest import REPO
 
@@ -133,7 +133,7 @@ def test_a_label_within_the_delay_before_a_row_does_not_affect_it():
     key = tuple(row[list(PARAMS.data.key)])
     pd.testing.assert_series_equal(features(flipped).loc[key], features(flights).loc[key])
     # control: a label that arrived exactly by t (row time + delay == t) does count
-    arrived = flights["time_hour"] == t - DELAY
+    arrived = (flights["time_hour"] == t - DELAY) & (flights["carrier"] == row["carrier"])
     flipped = flights.assign(arr_delay=flights["arr_delay"].where(~arrived, 500.0))
     assert features(flipped).loc[key, "late_rate_carrier"] != features(flights).loc[key, "late_rate_carrier"]
 
@@ -152,7 +152,7 @@ def test_a_group_without_arrived_labels_gets_nan_and_rare_groups_are_smoothed():
     frame = features(schedule())
     first_day = frame.index.get_level_values("day") == 1
     assert frame.loc[first_day, list(FAMILIES["trailing"])].isna().all().all()
-    assert frame.loc[~first_day, "late_rate_carrier"].between(0, 1).all()
+    assert frame.loc[~first_day, "late_rate_carrier"].between(-1, 1).all()
 
 
 @pytest.mark.parametrize("column", [*ACTUALS, "arr_delay"])
@@ -219,3 +219,14 @@ def test_real_data_later_labels_and_actual_times_do_not_move_earlier_rows(two_mo
     pd.testing.assert_frame_equal(got[early], want[early])
     sched = [*FAMILIES["congestion"], *FAMILIES["rotation"]]
     pd.testing.assert_frame_equal(got[sched], want[sched])
+
+
+def test_trailing_rate_is_the_smoothed_excess_over_all_flights():
+    t = pd.to_datetime(["2013-01-01 08:00", "2013-01-01 09:00", "2013-01-01 10:00", "2013-01-03 08:00"])
+    frame = pd.DataFrame({"carrier": ["UA", "UA", "AA", "UA"], "origin": "EWR", "dest": "ORD",
+                          "sched_dep_hour": 8, "flight": [1, 2, 3, 1]})  # fmt: skip
+    late = pd.Series([1, 1, 0, 0])
+    out = trailing_rates(frame, late, pd.Series(t), delay_days=1, window_days=28, prior_weight=2)
+    prior = 2 / 3  # the three labels arrived by Jan 3
+    assert out.loc[3, "late_rate_carrier"] == pytest.approx((2 + 2 * prior) / (2 + 2) - prior)
+    assert out.loc[:2].isna().all().all()  # nothing had arrived on Jan 1
