@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 export GIT_PYTHON_REFRESH ?= quiet
 TORCH ?= torch==2.13.0
 
-.PHONY: help install demo pipeline replay tune test test-fast lint format ui stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift clean
+.PHONY: help install demo pipeline replay tune test test-fast lint format ui stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift bench-ablation bench-registry clean
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -80,6 +80,9 @@ bench-serving: install ## the service vs `mlflow models serve` (after dvc repro)
 
 bench-drift: install ## drift computation per window at 1x, 4x, 10x a month (after dvc repro)
 	$(PY) -m bench.drift
+
+bench-ablation: install ## test AUC/Brier of net and HGB per feature family (reports/ablation.csv; ~10 min)
+	$(PY) -m bench.ablation
 
 lint: install ## ruff
 	ruff check . && ruff format --check .

@@ -125,6 +125,8 @@ class SplitCfg(_Frozen):
 
 class PrepareCfg(_Frozen):
     min_category_count: int = Field(20, ge=1)
+    trailing_days: float = Field(28, gt=0)  # trailing delay rates count labels that arrived in this many days
+    prior_weight: float = Field(20, ge=0)  # pseudo-rows at the trailing rate of all flights (rare groups)
 
 
 class ModelCfg(_Frozen):
@@ -221,8 +223,17 @@ class MonitoringCfg(_Frozen):
     score_column: str = "score"
     score_method: str = "wasserstein"
     score_threshold: float = Field(0.1, gt=0)
-    # features that differ between windows by design (calendar); left out of drift and range checks
-    exclude_features: tuple[str, ...] = ("month", "day_of_month")
+    # features that differ between windows by design (calendar), or lagged labels (trailing late rates,
+    # judged by the performance trigger on the labels themselves); left out of drift and range checks
+    exclude_features: tuple[str, ...] = (
+        "month",
+        "day_of_month",
+        "late_rate_carrier",
+        "late_rate_origin",
+        "late_rate_route",
+        "late_rate_carrier_hour",
+        "late_rate_flight",
+    )
     reference_max_rows: int = Field(30_000, ge=100)
     current_max_rows: int = Field(50_000, ge=100)
     report_max_rows: int = Field(5_000, ge=100)

@@ -11,14 +11,15 @@ from datetime import datetime
 
 import pandas as pd
 
-from flightloop.config import DataCfg
+from flightloop.config import DataCfg, Params
 from tasks.ingest import read_source
 from tasks.prepare import build_features
 
 
 class SourceLabels:
-    def __init__(self, data: DataCfg):
-        self.data = data
+    def __init__(self, params: Params):
+        self.params = params
+        self.data = params.data
 
     @functools.cached_property
     def _source(self) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -36,9 +37,10 @@ class SourceLabels:
 
     @functools.cached_property
     def features(self) -> pd.DataFrame:
-        """Feature rows with their labels (what monitoring joins to predictions)."""
+        """Feature rows with their labels (what monitoring joins to predictions, and what a client sends the
+        service: each row's trailing rates use only labels that had arrived by its time)."""
         raw, tables = self._source
-        return build_features(raw, tables, self.data)
+        return build_features(raw, tables, self.params)
 
 
 @functools.lru_cache(maxsize=2)

@@ -69,7 +69,7 @@ def monitoring(
     data, mcfg, name = params.data, params.monitoring, params.register_.model_name
     store = report.state_store(project, name)
     state = store.read()
-    labels = SourceLabels(data)
+    labels = SourceLabels(params)
     if batch:
         path = Path(batch) if Path(batch).is_absolute() else project / batch
         current = read_table(path)

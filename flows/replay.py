@@ -409,7 +409,7 @@ def replay(
     tracking.setup(experiment)  # created here, so its artifacts land in the project's mlartifacts
 
     t0 = time.perf_counter()
-    labels = SourceLabels(params.data)
+    labels = SourceLabels(params)
     n_windows = len(windows(rcfg.start, rcfg.end, rcfg.window_days))
     model = params.register_.model_name
     bases = {}

