@@ -40,8 +40,8 @@ tune: install ## hyperparameter study (rolling monthly CV, MLflow runs) -> repor
 	dvc repro prepare
 	$(PY) -m tasks.tune $(if $(TRIALS),--trials $(TRIALS),) $(if $(MINUTES),--minutes $(MINUTES),) $(ARGS)
 
-test: install ## run the tests
-	$(PY) -m pytest -q
+test: install ## run the tests, two files at a time (pytest-xdist), one thread each
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: install ## unit tests only (no pipeline runs, no servers)
 	$(PY) -m pytest -q -m "not smoke and not integration"
@@ -83,6 +83,9 @@ bench-drift: install ## drift computation per window at 1x, 4x, 10x a month (aft
 
 bench-ablation: install ## test AUC/Brier of net and HGB per feature family (reports/ablation.csv; ~10 min)
 	$(PY) -m bench.ablation
+
+bench-registry: install ## MLflow server on PostgreSQL vs SQLite under replicas + a retrain + monitoring (needs PostgreSQL)
+	$(PY) -m bench.registry_store
 
 lint: install ## ruff
 	ruff check . && ruff format --check .

@@ -22,7 +22,7 @@ SPLITS = ("train", "valid", "test")
 # (`cache: false`), it also keeps the stage out of DVC's run-cache, which would restore such outputs from
 # an older run (DVC saves no run-cache entry for a stage with an uncached out that is not a metric or plot).
 STORE_MARK = tracking.DEFAULT_ARTIFACTS / "pipeline" / "train.json"
-SYSTEM_METRICS_INTERVAL_S = "2"  # MLflow samples every 10 s by default: nothing at all for a short training
+SYSTEM_METRICS_INTERVAL_S = "1"  # MLflow samples every 10 s by default: nothing at all for a short training
 
 
 def encode(frame: pd.DataFrame, pre: Preprocessor, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

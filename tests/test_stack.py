@@ -206,27 +206,49 @@ def test_training_runs_on_a_worker_and_both_replicas_serve_its_model(stack):
 
 
 def test_the_writer_slot_is_kept_by_the_server_across_hosts(stack):
-    """While another host (this test process) holds the project's writer slot on the stack's Prefect
+    """While another host (a process of its own) holds the project's writer slot on the stack's Prefect
     server, a training run on a worker waits; it changes the project only after the slot is released."""
     from datetime import datetime, timezone
 
     from prefect.deployments import run_deployment
 
-    from flows.common import workspace_lock
     from tests.conftest_flows import task_runs
 
-    with api(stack):
-        with workspace_lock(MODEL):
+    hold = (
+        "import sys, time\n"
+        "from flows.common import workspace_lock\n"
+        f"with workspace_lock({MODEL!r}):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.readline()\n"  # until the test says release
+    )
+    env = project_env(stack.project) | {"PREFECT_API_URL": stack.api}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold],
+        cwd=stack.project,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with api(stack):
             flow_run = run_deployment("training/training", parameters={"params": {"lr": 0.01}}, timeout=0)
-            time.sleep(40)  # long enough for a worker to pick it up and reach the slot
-            released = datetime.now(timezone.utc)
+        time.sleep(40)  # long enough for a worker to pick it up and reach the slot
+        released = datetime.now(timezone.utc)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+    with api(stack):
         done = finished(flow_run.id)
         assert done.state.is_completed(), done.state
         stages = task_runs(done.id)
-        assert stages and min(t.start_time for t in stages) >= released, (
-            released,
-            [(t.name, t.start_time) for t in stages],
-        )
+    assert stages and min(t.start_time for t in stages) >= released, (
+        released,
+        [(t.name, t.start_time) for t in stages],
+    )
 
 
 def runs_of(deployment: str) -> list:
