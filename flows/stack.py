@@ -20,13 +20,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flows.checkout import BRANCH_ENV, REMOTE_ENV
-from flows.ui import HOST, stop, wait_healthy
+from flows.ui import HOST, stop, supervise, wait_healthy
 from monitoring.report import STATE_DB_ENV
 from serving.predlog import STORE_ENV
 
@@ -304,11 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             f"replicas    {', '.join(replicas)}\nlogs        {layout.logs}\nCtrl-C stops all\n",
             flush=True,
         )
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-        failed = [p.args[:3] for p in procs if p.poll() is not None]
-        print(f"stack: {failed} exited; stopping the rest (logs in {layout.logs})", file=sys.stderr)
-        return 1
+        return supervise(procs, "stack", f" (logs in {layout.logs})")
     except StackError as exc:
         print(f"stack: {exc}", file=sys.stderr)
         return 2

@@ -66,6 +66,15 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
             pass
 
 
+def supervise(procs: list[subprocess.Popen], name: str, where: str = "") -> int:
+    """Wait while every child runs; when one exits, say which and return 1 (the caller stops the rest)."""
+    while all(p.poll() is None for p in procs):
+        time.sleep(1)
+    failed = [p.args[:3] for p in procs if p.poll() is not None]
+    print(f"{name}: {failed} exited; stopping the rest{where}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--project-dir", default=".", type=Path)
@@ -110,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             {"PREFECT_API_URL": api, "MLFLOW_UI_URL": mlflow_url, "PYTHONPATH": str(project)},
         )
         print(f"\nPrefect UI  http://{HOST}:{args.prefect_port}\nMLflow UI   {mlflow_url}\nCtrl-C stops all\n")
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-        failed = [p.args[:3] for p in procs if p.poll() is not None]
-        print(f"ui: {failed} exited; stopping the rest", file=sys.stderr)
-        return 1
+        return supervise(procs, "ui")
     except KeyboardInterrupt:
         print("\nui: stopping ...", file=sys.stderr)
         return 0

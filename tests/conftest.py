@@ -31,6 +31,21 @@ SMALL = {
 }
 
 
+# The loop tests' project (make ui and make stack alike): a weak first champion, so that a retrain (2 epochs
+# on 30 % of the rows) is better on the gate window; retrains allowed soon and on few labels; the service
+# swaps because the gate tells it to, not by polling.
+LOOP = {
+    "train.max_epochs": 1,
+    "train.sample_frac": 0.05,
+    "gate.margin": 0.0,
+    "gate.slice_tolerance": 1.0,
+    "policy.training_months": 1,
+    "policy.cooldown_days": 5,
+    "policy.min_new_labels": 100,
+    "serving.poll_seconds": 3600.0,
+}
+
+
 def project_env(project: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
     env.update(

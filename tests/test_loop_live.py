@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import make_project, project_env, run, set_params
+from tests.conftest import LOOP, make_project, project_env, run, set_params
 from tests.conftest_flows import Server, free_port
 
 pytestmark = pytest.mark.integration
@@ -63,20 +63,7 @@ def wait_for(check, timeout: float, what: str, every: float = 1.0):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
-    project = make_project(
-        root,
-        {
-            # a weak first champion, so that a retrain (2 epochs on 30 % of the rows) is better on the gate window
-            "train.max_epochs": 1,
-            "train.sample_frac": 0.05,
-            "gate.margin": 0.0,
-            "gate.slice_tolerance": 1.0,
-            "policy.training_months": 1,
-            "policy.cooldown_days": 5,
-            "policy.min_new_labels": 100,
-            "serving.poll_seconds": 3600.0,  # the service swaps because the gate tells it to, not by polling
-        },
-    )
+    project = make_project(root, LOOP)
     run(["dvc", "repro"], project)
     set_params(project, {"train.max_epochs": 2, "train.sample_frac": 0.3})
     (project / "params.yaml.before").write_text((project / "params.yaml").read_text())

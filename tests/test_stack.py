@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import make_project, project_env, run
+from tests.conftest import LOOP, make_project, project_env, run
 from tests.conftest_flows import free_port
 
 PG = os.environ.get("STACK_PG_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -81,20 +81,7 @@ def stack(tmp_path_factory):
     if problem:
         pytest.skip(f"stack tests need PostgreSQL: {problem}")
     root = tmp_path_factory.mktemp("stack")
-    project = make_project(
-        root,
-        {
-            # a weak first champion; the loop test then commits a stronger training config (as a user would)
-            "train.max_epochs": 1,
-            "train.sample_frac": 0.05,
-            "gate.margin": 0.0,
-            "gate.slice_tolerance": 1.0,
-            "policy.training_months": 1,
-            "policy.cooldown_days": 5,
-            "policy.min_new_labels": 100,
-            "serving.poll_seconds": 3600.0,  # replicas swap because the gate tells them to, not by polling
-        },
-    )
+    project = make_project(root, LOOP)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
     run([*git, "add", "-A", ".dvc", ".dvcignore"], project)
     run([*git, "commit", "-qm", "dvc"], project)
