@@ -325,6 +325,51 @@ def test_a_drifted_week_retrains_on_a_worker_and_both_replicas_follow(stack, tmp
     assert "dvc.lock" in published and any(f.startswith("data/incoming/labelled-") for f in published), published
 
 
+def test_a_champion_swap_under_load_fails_no_request_on_either_replica(stack):
+    """Clients keep sending to both replicas while the champion moves (a forced promotion by hand, as
+    `python -m tasks.gate promote --force` does it): not one request fails, and both serve the new
+    champion at once (the gate tells every replica to reload)."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    live = int(client.get_model_version_by_alias(MODEL, "champion").version)
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
+    target = 1 if live != 1 else newest
+    assert target != live
+    row = httpx.get(f"{stack.replicas[0]}/model", timeout=5).json()["features"]
+    body = {"rows": [dict.fromkeys(row)]}  # every feature missing: imputed, still a valid request
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def load(url: str) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                codes.append(http.post(f"{url}/predict", json=body).status_code)
+
+    threads = [threading.Thread(target=load, args=(u,)) for u in stack.replicas]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        env = project_env(stack.project) | {
+            "MLFLOW_TRACKING_URI": stack.mlflow,
+            "SERVING_URL": ",".join(stack.replicas),
+        }
+        swap = ["python", "-m", "tasks.gate", "promote", "--version", str(target), "--force", "--reason", "swap test"]
+        proc = subprocess.run(swap, cwd=stack.project, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "promoted" in proc.stdout, proc.stdout + proc.stderr
+        served = [served_version(u) for u in stack.replicas]  # reloaded before the gate returned
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert served == [target, target], served
+    assert len(codes) > 20 and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
 def test_a_second_make_stack_reuses_what_the_first_made(stack):
     from mlflow import MlflowClient
 
