@@ -43,57 +43,59 @@ def _client(uri: str):  # noqa: ANN202 - an MlflowClient
     return MlflowClient(tracking_uri=uri)
 
 
-def replica(uri: str, seconds: float, out: mp.Queue) -> None:
-    """What a replica's follower does: read the alias, again and again."""
+def _hammer(uri: str, seconds: float, out: mp.Queue, kind: str, step, pause: float = 0.0) -> None:  # noqa: ANN001
+    """Repeat `step(client, experiment_id) -> operations done` for `seconds`; report ops and errors."""
     client, ops, errors = _client(uri), 0, []
+    exp = client.get_experiment_by_name("bench").experiment_id
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:
-            client.get_model_version_by_alias(MODEL, "champion")
-            ops += 1
+            ops += step(client, exp)
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
-        time.sleep(0.05)
-    out.put({"kind": "replica alias reads", "ops": ops, "errors": errors})
+        time.sleep(pause)
+    out.put({"kind": kind, "ops": ops, "errors": errors})
+
+
+def _follow(client, exp: str) -> int:  # noqa: ANN001
+    """What a replica's follower does: read the alias."""
+    client.get_model_version_by_alias(MODEL, "champion")
+    return 1
+
+
+def _retrain(client, exp: str) -> int:  # noqa: ANN001
+    """What a retrain does to the store: a run with params and per-epoch metrics, a model version, the
+    alias moved and a history tag written."""
+    run = client.create_run(exp)
+    client.log_param(run.info.run_id, "lr", "0.001")
+    for epoch in range(5):
+        client.log_metric(run.info.run_id, "val_loss", 1.0 / (epoch + 1), step=epoch)
+    version = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_registered_model_alias(MODEL, "champion", version.version)
+    client.set_registered_model_tag(MODEL, f"history.{uuid.uuid4().hex[:8]}", "{}")
+    client.set_terminated(run.info.run_id)
+    return 11
+
+
+def _monitor(client, exp: str) -> int:  # noqa: ANN001
+    """What monitoring does per window: a run with a few dozen metrics."""
+    run = client.create_run(exp)
+    for i in range(20):
+        client.log_metric(run.info.run_id, f"drift_score.f{i}", 0.01 * i)
+    client.set_terminated(run.info.run_id)
+    return 22
+
+
+def replica(uri: str, seconds: float, out: mp.Queue) -> None:
+    _hammer(uri, seconds, out, "replica alias reads", _follow, pause=0.05)
 
 
 def retrain(uri: str, seconds: float, out: mp.Queue) -> None:
-    """What retrains do to the store: a run with params and per-epoch metrics, a model version, the
-    alias moved and a history tag written."""
-    client, ops, errors = _client(uri), 0, []
-    exp = client.get_experiment_by_name("bench").experiment_id
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            run = client.create_run(exp)
-            client.log_param(run.info.run_id, "lr", "0.001")
-            for epoch in range(5):
-                client.log_metric(run.info.run_id, "val_loss", 1.0 / (epoch + 1), step=epoch)
-            version = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
-            client.set_registered_model_alias(MODEL, "champion", version.version)
-            client.set_registered_model_tag(MODEL, f"history.{uuid.uuid4().hex[:8]}", "{}")
-            client.set_terminated(run.info.run_id)
-            ops += 11
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
-    out.put({"kind": "retrain writes", "ops": ops, "errors": errors})
+    _hammer(uri, seconds, out, "retrain writes", _retrain)
 
 
 def monitor(uri: str, seconds: float, out: mp.Queue) -> None:
-    """What monitoring does per window: a run with a few dozen metrics."""
-    client, ops, errors = _client(uri), 0, []
-    exp = client.get_experiment_by_name("bench").experiment_id
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            run = client.create_run(exp)
-            for i in range(20):
-                client.log_metric(run.info.run_id, f"drift_score.f{i}", 0.01 * i)
-            client.set_terminated(run.info.run_id)
-            ops += 22
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
-    out.put({"kind": "monitoring writes", "ops": ops, "errors": errors})
+    _hammer(uri, seconds, out, "monitoring writes", _monitor)
 
 
 def measure(uri: str, seconds: float, replicas: int) -> dict:
