@@ -148,9 +148,32 @@ class TrainCfg(_Frozen):
     patience: int = Field(4, ge=1)
     lr_schedule: Literal["plateau", "none"] = "plateau"  # halve lr when val loss stalls for patience//2 epochs
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str = "auto"  # auto: one device; N > 1: data-parallel over N processes (models/fit.py)
+    strategy: str = "auto"  # auto: one device alone, ddp_spawn for devices > 1; or ddp_spawn
     precision: str = "auto"
     sample_frac: float = Field(1.0, gt=0, le=1)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: int | str) -> int | str:
+        if value == "auto" or (isinstance(value, int) and value >= 1):
+            return value
+        raise ValueError(f"expected `auto` or a number of devices >= 1, got {value!r}")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        if value in ("auto", "ddp_spawn"):
+            return value
+        if value.startswith("ddp"):
+            # Lightning's `ddp` re-runs the command line once per extra process: under the pipeline's
+            # callers (a Prefect task, the tuner, pytest) that re-runs the whole caller, not just fit()
+            raise ValueError(
+                f"{value!r} is not offered: Lightning's subprocess launcher re-runs the whole command "
+                "(a Prefect flow, `tasks.tune`, pytest) in every process; use ddp_spawn (what `auto` picks "
+                "for devices > 1)"
+            )
+        raise ValueError(f"expected `auto` or `ddp_spawn`, got {value!r}")
 
 
 class BaselineCfg(_Frozen):

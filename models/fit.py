@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +27,35 @@ def resolve_accelerator(train: TrainCfg) -> tuple[str, str]:
 
 
 class History(Callback):
-    """Keeps one row of logged metrics per epoch (loss curves)."""
+    """Keeps one row of logged metrics per epoch (loss curves) in a JSON file, written by rank 0: under
+    ddp_spawn the epochs run in other processes, and fit() reads the rows back from the file."""
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows = path, []  # rows: kept by the process that runs rank 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        row = {"epoch": trainer.current_epoch}
-        row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        # read on every rank: the first read computes the epoch's metrics, and under DDP that is a collective
+        row = {"epoch": trainer.current_epoch, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        if not trainer.is_global_zero:
+            return
         self.rows.append(row)
+        self.path.write_text(json.dumps(self.rows))
         shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("train_loss", "val_loss", "val_auc"))
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}", flush=True)  # progress in stage logs
+
+
+def resolve_devices(train: TrainCfg) -> tuple[int, str]:
+    """(devices, strategy): `auto` is one device; more than one runs Lightning DDP launched by ddp_spawn.
+
+    ddp_spawn, not Lightning's default `ddp`: that launcher re-runs the command line once per extra
+    process, which under a Prefect task, the tuner's in-process trials or pytest re-runs the caller, not
+    fit(); spawn starts fresh interpreters that unpickle the Trainer, module and tensors and run only the
+    fit. Rank 0's best checkpoint path and weights come back to this process (Lightning's launcher)."""
+    devices = 1 if train.devices == "auto" else train.devices
+    strategy = "ddp_spawn" if devices > 1 and train.strategy == "auto" else train.strategy
+    return devices, strategy
 
 
 def schedule(n_train: int, train: TrainCfg) -> tuple[int, int]:
@@ -59,13 +77,16 @@ def fit(
     """Train with early stopping on validation loss; returns the best module and per-epoch history."""
     L.seed_everything(train_cfg.seed, workers=True)
     accelerator, precision = resolve_accelerator(train_cfg)
-    # whole tensors live on the GPU when training on one device there; the index batcher slices them
-    device = "cuda" if accelerator in ("gpu", "cuda") and train_cfg.devices in (1, "1", "auto") else "cpu"
-    tensors = {name: to_tensors(*arrays, device=device) for name, arrays in splits.items()}
+    devices, strategy = resolve_devices(train_cfg)
+    # whole tensors, moved by the data module to each process's device, where the index batcher slices them
+    tensors = {name: to_tensors(*arrays) for name, arrays in splits.items()}
     batch_size, max_epochs = schedule(len(splits["train"][0]), train_cfg)
-    print(f"fit: {len(splits['train'][0])} training rows, batch {batch_size}, at most {max_epochs} epochs", flush=True)
+    shown = f"batch {batch_size}" + (f" ({devices} processes, {strategy})" if devices > 1 else "")
+    print(f"fit: {len(splits['train'][0])} training rows, {shown}, at most {max_epochs} epochs", flush=True)
     for logger in loggers if isinstance(loggers, list) else []:
         logger.log_hyperparams({"fit.batch_size": batch_size, "fit.max_epochs": max_epochs})  # what ran
+        if devices > 1:
+            logger.log_hyperparams({"fit.devices": devices, "fit.strategy": strategy})
     data = TensorDataModule(tensors, batch_size, seed=train_cfg.seed)
     module = TabularClassifier(
         cardinalities=cardinalities,
@@ -78,21 +99,24 @@ def fit(
         lr_schedule=train_cfg.lr_schedule,
         lr_patience=max(1, train_cfg.patience // 2),  # the rate halves before early stopping gives up
     )
-    history = History()
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1 if device == "cuda" else train_cfg.devices,
-        precision=precision,
-        max_epochs=max_epochs,
-        callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), checkpoint, history],
-        logger=loggers,
-        deterministic=True,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out_dir,
-    )
-    trainer.fit(module, datamodule=data)
+    with tempfile.TemporaryDirectory(prefix="history-") as folder:
+        history = History(Path(folder) / "history.json")
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            max_epochs=max_epochs,
+            callbacks=[EarlyStopping("val_loss", patience=train_cfg.patience, mode="min"), checkpoint, history],
+            logger=loggers,
+            deterministic=True,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=out_dir,
+        )
+        trainer.fit(module, datamodule=data)
+        rows = json.loads(history.path.read_text()) if history.path.exists() else []
     # tensors and plain values only: a checkpoint is never a way to run code
     best = TabularClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-    return best.eval(), history.rows
+    return best.eval(), rows

@@ -38,7 +38,12 @@ class TabularClassifier(L.LightningModule):
         auroc = self.auroc[f"{stage}_"]
         auroc.update(logits.detach(), y.long())
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, batch_size=len(y))
+        # under DDP each rank sees its shard: the epoch's loss is summed over ranks (rows-weighted), so early
+        # stopping, the checkpoint and the lr schedule read the same value on every rank; the AUROC metric
+        # gathers all ranks' scores itself. With one process both are no-ops.
+        self.log(
+            f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, batch_size=len(y), sync_dist=True
+        )
         self.log(f"{stage}_auc", auroc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
