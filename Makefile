@@ -87,6 +87,10 @@ bench-ablation: install ## test AUC/Brier of net and HGB per feature family (rep
 bench-registry: install ## MLflow server on PostgreSQL vs SQLite under replicas + a retrain + monitoring (needs PostgreSQL)
 	$(PY) -m bench.registry_store
 
+.PHONY: bench-ddp
+bench-ddp: install ## training on 2 processes (DDP, CPU) vs 1: test AUC and time per epoch (after dvc repro; ~15 min)
+	$(PY) -m bench.ddp
+
 lint: install ## ruff
 	ruff check . && ruff format --check .
 
