@@ -87,6 +87,10 @@ bench-ablation: install ## test AUC/Brier of net and HGB per feature family (rep
 bench-registry: install ## MLflow server on PostgreSQL vs SQLite under replicas + a retrain + monitoring (needs PostgreSQL)
 	$(PY) -m bench.registry_store
 
+.PHONY: bench-loop
+bench-loop: install ## drift event -> new champion in every replica, make stack vs make ui, 3 rounds each (needs PostgreSQL; ~25 min)
+	$(PY) -m bench.loop_latency
+
 lint: install ## ruff
 	ruff check . && ruff format --check .
 
