@@ -396,8 +396,8 @@ def stage_span(flow_run_id) -> tuple:
 
 def test_two_retrains_and_a_training_run_at_once_take_the_writer_slot_one_after_another(stack):
     """Two decisions (two windows, so no dedup) and a training run, started at once on the pool: each
-    completes, and their stage spans never overlap, though the pool gives them to two workers (the retrain
-    deployment queues its own runs; the training run waits for the writer slot on the Prefect server). The
+    completes, and their stage spans never overlap, whichever worker each lands on (printed; the retrain
+    deployment queues its own runs, the training run waits for the writer slot on the Prefect server). The
     stack's history stays linear and holds both retrains' data versions."""
     from mlflow import MlflowClient
     from prefect.deployments import run_deployment
