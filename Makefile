@@ -88,7 +88,7 @@ bench-registry: install ## MLflow server on PostgreSQL vs SQLite under replicas 
 	$(PY) -m bench.registry_store
 
 .PHONY: bench-loop
-bench-loop: install ## drift event -> new champion in every replica, make stack vs make ui, 3 rounds each (needs PostgreSQL; ~25 min)
+bench-loop: install ## drift event -> new champion in every replica, make stack vs make ui, 3 rounds each (needs PostgreSQL; 27 min on 2 busy cores)
 	$(PY) -m bench.loop_latency
 
 lint: install ## ruff
