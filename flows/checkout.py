@@ -61,8 +61,9 @@ def publish(project: Path, message: str, branch: str) -> str | None:
     """Push the data versions dvc.lock names, commit dvc.lock (and the uncached outputs) and push it;
     the new commit, or None."""
     _run([*_DVC, "push", "-q", "--remote", "stack"], project)
-    inbox = [str(f.relative_to(project)) for f in sorted((project / INBOX).glob("*")) if f.is_file()]
-    _run([*_GIT, "add", "-f", "dvc.lock", *uncached_outputs(project), *inbox], project, check=False)
+    _run([*_GIT, "add", "-f", "dvc.lock", *uncached_outputs(project)], project, check=False)
+    # the inbox as dvc.lock saw it: new batches added, a batch validate moved to quarantine removed
+    _run([*_GIT, "add", "-A", "-f", "--", INBOX], project, check=False)
     if _run([*_GIT, "diff", "--cached", "--quiet"], project, check=False).returncode == 0:
         return None  # nothing new (every stage was skipped)
     _run([*_GIT, "commit", "-q", "-m", message], project)

