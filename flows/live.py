@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +368,8 @@ def parse_scenario(text: str) -> Scenario:
         shift, _, span = text.partition("@")
         column, _, amount = shift.partition("+")
         first, _, until = span.partition("..")
+        for day in (first, until) if until else (first,):
+            date.fromisoformat(day)  # YYYY-MM-DD, or ValueError
         return Scenario(window=first, column=column, add=float(amount), until=until or None)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: expected COLUMN+AMOUNT@WEEK[..UNTIL] ({exc})") from None

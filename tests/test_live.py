@@ -124,8 +124,10 @@ def test_the_event_feed_and_the_retraining_run_in_a_browser(live):
     SHOTS.mkdir(parents=True, exist_ok=True)
     expect.set_options(timeout=60_000)
     ui = live.api.removesuffix("/api")
-    with api(live):
+    with api(live) as client:
         retrain = runs_of("retraining")[0]
+        latest = {"artifacts": {"key": {"any_": ["live-loop"]}}}
+        [view] = client.request("POST", "/artifacts/latest/filter", json=latest).json()
     with sync_playwright() as pw:
         chrome = pw.chromium.launch(executable_path=browser, headless=True, args=["--no-sandbox"])
         page = chrome.new_page(viewport={"width": 1400, "height": 1000})
@@ -135,8 +137,8 @@ def test_the_event_feed_and_the_retraining_run_in_a_browser(live):
         expect(page.get_by_text(DRIFT_EVENT).first).to_be_visible()
         expect(page.get_by_text("prefect.automation.action.executed").first).to_be_visible()
         page.screenshot(path=SHOTS / "test-event-feed.png", full_page=True)
-        page.goto(f"{ui}/artifacts/key/live-loop", wait_until="networkidle")
-        expect(page.get_by_text("2013-04-08").first).to_be_visible()
+        page.goto(f"{ui}/artifacts/artifact/{view['latest_id']}", wait_until="networkidle")  # its newest version
+        expect(page.get_by_role("cell", name="2013-04-08").first).to_be_visible()  # the markdown table, rendered
         page.screenshot(path=SHOTS / "test-live-loop-artifact.png", full_page=True)
         page.goto(f"{ui}/runs/flow-run/{retrain.id}", wait_until="networkidle")
         expect(page.get_by_text(retrain.name).first).to_be_visible()
