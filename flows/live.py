@@ -189,6 +189,14 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
+def _decision(figure: Any, monitor: str) -> str:
+    """`data_drift: retrain=True` -> `data_drift → retrain`; the run's state when it left no figures."""
+    if not figure:
+        return monitor
+    kind, _, retrain = str(figure).partition(": retrain=")
+    return f"{kind} → retrain" if retrain == "True" else kind
+
+
 def live_view(weeks: list[Week], model_name: str, speed: float) -> str:
     """The running view: the state at a glance, then one row per simulated week (newest first)."""
     last = weeks[-1]
@@ -203,14 +211,14 @@ def live_view(weeks: list[Week], model_name: str, speed: float) -> str:
         "ROC-AUC / Brier *realised* on the labels delivered by the week's end; *est.* from the scores alone.",
         "",
         "| week | champion | rows | labels | ROC-AUC | est. ROC-AUC | Brier | est. Brier | drift share | decision | "
-        "retrain / promotion |",
+        "retrain, gate |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for w in reversed(weeks):
         f = w.figures
         cells = [w.window.window_id, f"v{w.champion}", w.rows, w.labels, f.get("roc_auc"), f.get("est_roc_auc")]
-        cells += [f.get("brier"), f.get("est_brier"), f.get("drift_share"), f.get("decision", w.monitor)]
+        cells += [f.get("brier"), f.get("est_brier"), f.get("drift_share"), _decision(f.get("decision"), w.monitor)]
         cells.append("; ".join(m for m in w.markers if m))
         rows.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(head + rows)

@@ -46,3 +46,4 @@ def test_the_view_has_a_row_per_week_newest_first_with_the_markers():
     assert [r.split(" | ")[0] for r in rows] == ["| 2013-07-08", "| 2013-07-01"]
     assert "| 0.712 |" in rows[1] and rows[1].endswith("| retrain for 2013-07-01 (data_drift) |")
     assert " |  | " in rows[0]  # no ROC-AUC for the second week: the cell stays empty
+    assert "| data_drift → retrain |" in rows[1] and "| none |" in rows[0]
