@@ -69,6 +69,7 @@ class Traffic:
         self.http = httpx.Client(headers=headers, timeout=60)
         self._next = itertools.cycle(urls)
         self.sent = 0
+        self.version: int | None = None  # the model version of the last answer
 
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         url = next(self._next)
@@ -76,7 +77,9 @@ class Traffic:
         if r.status_code != 200:
             raise RuntimeError(f"{url}/predict answered {r.status_code}: {r.text[:300]}")
         self.sent += len(body["rows"])
-        return r.json()
+        answer = r.json()
+        self.version = answer["model_version"]
+        return answer
 
     def logged(self) -> int:
         """Rows the replicas have written to the prediction store (what monitoring reads)."""
@@ -103,7 +106,7 @@ class Week:
     labels: int = 0  # labels the feed had delivered for the week's rows by its end
     monitor: str = ""  # the monitoring run's name and final state
     figures: dict[str, Any] = field(default_factory=dict)
-    champion: int | None = None
+    served_by: int | None = None  # the model version that answered the week's requests
     markers: list[str] = field(default_factory=list)
 
 
@@ -197,29 +200,28 @@ def _decision(figure: Any, monitor: str) -> str:
     return f"{kind} → retrain" if retrain == "True" else kind
 
 
-def live_view(weeks: list[Week], model_name: str, speed: float) -> str:
+def live_view(weeks: list[Week], model_name: str, speed: float, champion: int | None) -> str:
     """The running view: the state at a glance, then one row per simulated week (newest first)."""
-    last = weeks[-1]
     alerts_seen = [w for w in weeks if "retrain=True" in str(w.figures.get("decision", ""))]
     markers = [m for w in weeks for m in w.markers if m]
     head = [
-        f"## {model_name}: champion v{last.champion} after the week of {last.window.window_id}",
+        f"## {model_name}: champion v{champion} after the week of {weeks[-1].window.window_id}",
         f"{len(weeks)} simulated weeks at {speed:g} a minute · drift/performance alerts: {len(alerts_seen)} · "
         f"retrains started: {sum(m.startswith('retrain') for m in markers)} · "
         f"promotions: {sum(m.startswith('promoted') for m in markers)}",
         "",
         "ROC-AUC / Brier *realised* on the labels delivered by the week's end; *est.* from the scores alone.",
         "",
-        "| week | champion | rows | labels | ROC-AUC | est. ROC-AUC | Brier | est. Brier | drift share | decision | "
-        "retrain, gate |",
+        "| week | served by | decision | retrain, gate | drift share | ROC-AUC | est. ROC-AUC | Brier | est. Brier "
+        "| flights | labels |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for w in reversed(weeks):
         f = w.figures
-        cells = [w.window.window_id, f"v{w.champion}", w.rows, w.labels, f.get("roc_auc"), f.get("est_roc_auc")]
-        cells += [f.get("brier"), f.get("est_brier"), f.get("drift_share"), _decision(f.get("decision"), w.monitor)]
-        cells.append("; ".join(m for m in w.markers if m))
+        cells = [w.window.window_id, f"v{w.served_by}", _decision(f.get("decision"), w.monitor)]
+        cells += ["; ".join(m for m in w.markers if m), f.get("drift_share"), f.get("roc_auc"), f.get("est_roc_auc")]
+        cells += [f.get("brier"), f.get("est_brier"), w.rows, w.labels]
         rows.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(head + rows)
 
@@ -266,7 +268,7 @@ def play_week(
             sent = due
         else:
             time.sleep(min(0.25, seconds / 50))
-    week.rows = len(rows)
+    week.rows, week.served_by = len(rows), traffic.version
     delivered = stream[data.time_column] + pd.Timedelta(days=params.policy.label_delay_days) <= w.end
     week.labels = int((delivered & (stream[data.time_column] >= w.start) & (stream[data.time_column] < w.end)).sum())
 
@@ -285,7 +287,7 @@ def monitor_week(week: Week, timeout: float) -> Any:
     return run
 
 
-def publish(weeks: list[Week], model_name: str, speed: float) -> None:
+def publish(weeks: list[Week], model_name: str, speed: float, champion: int | None) -> None:
     """A new version of the `live-loop` artifact (the Artifacts page keeps every version)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate
@@ -294,8 +296,8 @@ def publish(weeks: list[Week], model_name: str, speed: float) -> None:
     artifact = ArtifactCreate(
         key=ARTIFACT_KEY,
         type="markdown",
-        data=live_view(weeks, model_name, speed),
-        description=f"make live: week of {last.window.window_id}, champion v{last.champion}",
+        data=live_view(weeks, model_name, speed, champion),
+        description=f"make live: week of {last.window.window_id}, champion v{champion}",
     )
     with get_client(sync_client=True) as client:  # the player is no flow run: straight to the API
         client.create_artifact(artifact)
@@ -331,20 +333,17 @@ def play(
         if not (run.state and run.state.is_completed()):
             say(f"the monitoring run {run.name} ended {run.state}: see the Prefect UI", err=True)
         week.markers += map(_marker, watch.poll())
-        week.champion = traffic.model().get("version")
         played.append(week)
-        publish(played, name, speed)
+        publish(played, name, speed, traffic.model().get("version"))
         if "retrain=True" in decision:
             # a retrain takes minutes of a production day, not a simulated week: the clock waits for it
             say(f"alert for {w.window_id}: event -> automation -> retraining; the clock waits")
             follow_retrain(watch, week, known)
-            week.champion = traffic.model().get("version")
-            publish(played, name, speed)
+            publish(played, name, speed, traffic.model().get("version"))
         time.sleep(max(0.0, week_seconds - (time.monotonic() - t0)))
     if watch.running():  # a retrain started by hand meanwhile finishes before the player says it is done
         follow_retrain(watch, played[-1], len(watch.runs))
-        played[-1].champion = traffic.model().get("version")
-        publish(played, name, speed)
+        publish(played, name, speed, traffic.model().get("version"))
     return played
 
 
@@ -475,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"service     {serving}\nCtrl-C stops everything\n", flush=True)
             played = play(weeks, stream, params, traffic, args.speed, scenarios)
-        say(f"done, {len(played)} weeks played; champion v{played[-1].champion}")
+        say(f"done, {len(played)} weeks played; champion v{traffic.model().get('version')}")
         if args.exit_at_end or args.no_ui:
             return 0
         say("the UIs stay up; Ctrl-C stops everything")

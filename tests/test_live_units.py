@@ -30,20 +30,22 @@ def test_a_malformed_shift_is_refused_with_the_expected_form(text):
 
 def test_the_view_has_a_row_per_week_newest_first_with_the_markers():
     w1, w2 = windows("2013-07-01", "2013-07-14", 7)
-    first = Week(w1, rows=6192, labels=5300, champion=1, markers=["retrain for 2013-07-01 (data_drift)", ""])
+    first = Week(w1, rows=6192, labels=5300, served_by=1, markers=["retrain for 2013-07-01 (data_drift)", ""])
     first.figures = {
         "roc_auc": 0.71234,
         "est_roc_auc": 0.7,
         "drift_share": 0.13,
         "decision": "data_drift: retrain=True",
     }
-    second = Week(w2, rows=6759, champion=2, markers=["promoted v2"], figures={"decision": "none: retrain=False"})
-    view = live_view([first, second], "flight-delay", 1.0)
+    second = Week(w2, rows=6759, served_by=2, markers=["promoted v2"], figures={"decision": "none: retrain=False"})
+    view = live_view([first, second], "flight-delay", 1.0, champion=2)
     lines = view.splitlines()
     assert lines[0] == "## flight-delay: champion v2 after the week of 2013-07-08"
     assert "alerts: 1" in lines[1] and "retrains started: 1" in lines[1] and "promotions: 1" in lines[1]
     rows = [line for line in lines if line.startswith("| 2013-")]
     assert [r.split(" | ")[0] for r in rows] == ["| 2013-07-08", "| 2013-07-01"]
-    assert "| 0.712 |" in rows[1] and rows[1].endswith("| retrain for 2013-07-01 (data_drift) |")
-    assert " |  | " in rows[0]  # no ROC-AUC for the second week: the cell stays empty
-    assert "| data_drift → retrain |" in rows[1] and "| none |" in rows[0]
+    assert rows[1].startswith(
+        "| 2013-07-01 | v1 | data_drift → retrain | retrain for 2013-07-01 (data_drift) | 0.130 |"
+    )
+    assert "| 0.712 |" in rows[1] and rows[1].endswith("| 6192 | 5300 |")
+    assert rows[0].startswith("| 2013-07-08 | v2 | none | promoted v2 |  |")  # no figures yet: empty cells
