@@ -472,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"MLflow UI   {os.environ['MLFLOW_TRACKING_URI'] if args.no_ui else f'http://{HOST}:{args.mlflow_port}'}"
             )
-            print(f"service     {serving}\nCtrl-C stops everything\n", flush=True)
+            stops = "the player (the servers are the stack's)" if args.no_ui else "everything"
+            print(f"service     {serving}\nCtrl-C stops {stops}\n", flush=True)
             played = play(weeks, stream, params, traffic, args.speed, scenarios)
         say(f"done, {len(played)} weeks played; champion v{traffic.model().get('version')}")
         if args.exit_at_end or args.no_ui:
