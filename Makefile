@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 export GIT_PYTHON_REFRESH ?= quiet
 TORCH ?= torch==2.13.0
 
-.PHONY: help install demo pipeline replay tune test test-fast lint format ui stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift bench-ablation bench-registry clean
+.PHONY: help install demo pipeline replay tune test test-fast lint format ui live stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift bench-ablation bench-registry clean
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -48,6 +48,10 @@ test-fast: install ## unit tests only (no pipeline runs, no servers)
 
 ui: install ## Prefect UI :4200 + MLflow UI :5000 + flow deployments ("Run" in the UI); Ctrl-C stops all
 	$(PY) -m flows.ui
+
+live: install ## the loop live in the UIs: make ui + the service + 2013 played through it; SPEED= (weeks/min, 1) START= END=; Ctrl-C stops all
+	dvc repro
+	$(PY) -m flows.live $(if $(SPEED),--speed $(SPEED),) $(if $(START),--start $(START),) $(if $(END),--end $(END),) $(ARGS)
 
 stack: install ## servers on PostgreSQL: MLflow :5000, Prefect :4200, a work pool with 2 workers, 2 replicas :8000/:8001; Ctrl-C stops all
 	$(PY) -m flows.stack

@@ -112,6 +112,13 @@ def register_copy(base_name: str, version: int, name: str) -> int:
     return int(new.version)
 
 
+def request_bodies(rows: pd.DataFrame, columns: list[str], chunk: int) -> Iterator[dict[str, Any]]:
+    """The JSON bodies a client POSTs to /predict for `rows`, `chunk` rows each (missing values as null)."""
+    payload = rows[columns].astype(object).where(rows[columns].notna(), None)
+    for start in range(0, len(rows), chunk):
+        yield {"rows": payload.iloc[start : start + chunk].to_dict(orient="records")}
+
+
 class Service:
     """The online service (serving/app.py) in-process: the same app, logging and alias following."""
 
@@ -153,9 +160,7 @@ class Service:
     def score(self, rows: pd.DataFrame, columns: list[str], chunk: int) -> tuple[np.ndarray, int]:
         """POST the rows in chunks; returns the probabilities and the model version that served them."""
         scores, version = [], None
-        payload = rows[columns].astype(object).where(rows[columns].notna(), None)
-        for start in range(0, len(rows), chunk):
-            body = {"rows": payload.iloc[start : start + chunk].to_dict(orient="records")}
+        for body in request_bodies(rows, columns, chunk):
             r = self.client.post("/predict", json=body)
             if r.status_code != 200:
                 raise RuntimeError(f"/predict answered {r.status_code}: {r.text[:300]}")

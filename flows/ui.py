@@ -75,56 +75,86 @@ def supervise(procs: list[subprocess.Popen], name: str, where: str = "") -> int:
     return 1
 
 
+def catch_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (SIGINT too: a shell that starts us in the background
+    hands us SIGINT ignored)."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+class Children:
+    """Child processes started in the project, each in its own session (servers have workers); `procs`
+    for `supervise` and `stop`."""
+
+    def __init__(self, project: Path, log_dir: Path | None = None):
+        bin_dir = Path(sys.executable).parent
+        env = dict(os.environ)
+        env.setdefault("PREFECT_HOME", str(project / ".prefect"))  # the database embedded runs wrote to
+        env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        self.project, self.bin_dir, self.env, self.log_dir = project, bin_dir, env, log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`cmd` in the project; its output to the terminal, or to `<log_dir>/<name>.log` when given."""
+        env = {**self.env, **(extra_env or {})}
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.log_dir / f"{name}.log").open("a")
+        proc = subprocess.Popen(cmd, cwd=self.project, env=env, start_new_session=True, stdout=out, stderr=out)
+        if out is not None:
+            out.close()  # the child holds its own copy
+        self.procs.append(proc)
+        return proc
+
+
+def start_ui(children: Children, prefect_port: int, mlflow_port: int) -> tuple[str, str]:
+    """The Prefect server, the MLflow UI on the project's store and the deployment runner (every
+    deployment and the automation); returns the Prefect API URL and the MLflow URL once the API answers."""
+    project, bin_dir = children.project, children.bin_dir
+    api = f"http://{HOST}:{prefect_port}/api"
+    mlflow_url = f"http://{HOST}:{mlflow_port}"
+    db = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}"
+    server = children.start(
+        "prefect-server",
+        [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
+        # the UI's pages call the API at these (by default 127.0.0.1:4200, whatever --port says)
+        {"PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(prefect_port)},
+    )
+    artifacts = str(project / "mlartifacts")
+    mlflow_opts = ["--backend-store-uri", db, "--default-artifact-root", artifacts, "--workers", "1"]
+    children.start("mlflow", [str(bin_dir / "mlflow"), "ui", *mlflow_opts, "--host", HOST, "--port", str(mlflow_port)])
+    wait_healthy(f"{api}/health", server)
+    children.start(
+        "runner",
+        [sys.executable, "-m", "flows.deploy", "--project-dir", str(project)],
+        {"PREFECT_API_URL": api, "MLFLOW_UI_URL": mlflow_url, "PYTHONPATH": str(project)},
+    )
+    return api, mlflow_url
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--project-dir", default=".", type=Path)
     ap.add_argument("--prefect-port", type=int, default=4200)
     ap.add_argument("--mlflow-port", type=int, default=5000)
     args = ap.parse_args(argv)
-    project = args.project_dir.resolve()
-    bin_dir = Path(sys.executable).parent
-    env = dict(os.environ)
-    env.setdefault("PREFECT_HOME", str(project / ".prefect"))  # the database embedded runs wrote to
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    api = f"http://{HOST}:{args.prefect_port}/api"
-    mlflow_url = f"http://{HOST}:{args.mlflow_port}"
-    db = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}"
-
-    procs: list[subprocess.Popen] = []
-
-    def start(cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=project, env={**env, **(extra_env or {})}, start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a shell that starts us in the background hands us SIGINT ignored
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    children = Children(args.project_dir.resolve())
+    catch_signals()
     try:
-        server = start(
-            [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(args.prefect_port)],
-            # the UI's pages call the API at these (by default 127.0.0.1:4200, whatever --port says)
-            {"PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(args.prefect_port)},
-        )
-        artifacts = str(project / "mlartifacts")
-        mlflow_opts = ["--backend-store-uri", db, "--default-artifact-root", artifacts, "--workers", "1"]
-        start([str(bin_dir / "mlflow"), "ui", *mlflow_opts, "--host", HOST, "--port", str(args.mlflow_port)])
-        wait_healthy(f"{api}/health", server)
-        start(
-            [sys.executable, "-m", "flows.deploy", "--project-dir", str(project)],
-            {"PREFECT_API_URL": api, "MLFLOW_UI_URL": mlflow_url, "PYTHONPATH": str(project)},
-        )
+        _, mlflow_url = start_ui(children, args.prefect_port, args.mlflow_port)
         print(f"\nPrefect UI  http://{HOST}:{args.prefect_port}\nMLflow UI   {mlflow_url}\nCtrl-C stops all\n")
-        return supervise(procs, "ui")
+        return supervise(children.procs, "ui")
     except KeyboardInterrupt:
         print("\nui: stopping ...", file=sys.stderr)
         return 0
     finally:
-        stop(procs)
+        stop(children.procs)
 
 
 if __name__ == "__main__":

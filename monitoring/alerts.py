@@ -68,15 +68,22 @@ def notify(summary: WindowSummary, decision: Decision, model_name: str, urls: li
     body = "\n".join(decision.reasons)
     level = logging.WARNING if decision.kind != "none" else logging.INFO
     log.log(level, "%s | %s", title, "; ".join(decision.reasons))
-    if urls and decision.kind != "none":
-        import apprise
-
-        sender = apprise.Apprise()
-        for url in urls:
-            sender.add(url)
-        if not sender.notify(title=title, body=body):
-            log.error("monitoring: a notification could not be delivered to %d URL(s)", len(urls))
+    if decision.kind != "none":
+        send(title, body, urls)
     return title
+
+
+def send(title: str, body: str, urls: list[str]) -> None:
+    """An Apprise notification to each URL (nothing when there are none); a failure is logged, not raised."""
+    if not urls:
+        return
+    import apprise
+
+    sender = apprise.Apprise()
+    for url in urls:
+        sender.add(url)
+    if not sender.notify(title=title, body=body):
+        log.error("monitoring: a notification could not be delivered to %d URL(s)", len(urls))
 
 
 def ensure_retrain_automation(
