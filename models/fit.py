@@ -55,8 +55,10 @@ def fit(
     train_cfg: TrainCfg,
     out_dir: Path,
     loggers: list[Any] | bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TabularClassifier, list[dict[str, float]]]:
-    """Train with early stopping on validation loss; returns the best module and per-epoch history."""
+    """Train with early stopping on validation loss; returns the best module and per-epoch history.
+    `init_state`: the network's starting weights (a warm start; same shapes), instead of a fresh init."""
     L.seed_everything(train_cfg.seed, workers=True)
     accelerator, precision = resolve_accelerator(train_cfg)
     # whole tensors live on the GPU when training on one device there; the index batcher slices them
@@ -78,6 +80,8 @@ def fit(
         lr_schedule=train_cfg.lr_schedule,
         lr_patience=max(1, train_cfg.patience // 2),  # the rate halves before early stopping gives up
     )
+    if init_state is not None:
+        module.net.load_state_dict(init_state)
     history = History()
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
     trainer = L.Trainer(

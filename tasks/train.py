@@ -45,7 +45,15 @@ def fit_prepared(
     from models.fit import fit
 
     splits = {name: encode(frames[name], pre, params.data.label) for name in ("train", "valid")}
-    return fit(splits, pre.cardinalities, params.model, params.train, out_dir, loggers=loggers)
+    start = warm_state(Path(params.train.init_from)) if params.train.init_from else None
+    return fit(splits, pre.cardinalities, params.model, params.train, out_dir, loggers=loggers, init_state=start)
+
+
+def warm_state(folder: Path) -> dict[str, Any]:
+    """The network weights of a packaged model's artifacts folder (model.pt: tensors only), to start from."""
+    from models.packaged import load_module
+
+    return load_module(folder / "model.pt", source=str(folder)).state_dict()
 
 
 def read_prepared(folder: Path) -> tuple[dict[str, pd.DataFrame], Preprocessor]:
