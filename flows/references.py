@@ -10,8 +10,9 @@ then scores every later window's rows as the service would (`Scorer`). From that
 policy's retrain budget, both without a gate (every model promoted); the oracle is an upper bound.
 
 `python -m flows.references [--seeds N] [--replay reports/replay]` (`make replay-refs`): reads the
-replay's windows.csv there for the policies' own figures and writes references.csv (+ the matrix,
-references_matrix.csv) beside it. `--from-matrix` recomputes the table without training."""
+replay's windows.csv there for the policies' own figures and writes references.csv, a sentence per
+reference (references.txt) and the matrix (references_matrix.csv) beside it. `--from-matrix` recomputes
+the table without training."""
 
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ from flightloop import paths
 from flightloop.config import Params, ParamsError, cli_overrides, load_params, period_bounds
 from flightloop.metrics import classification_metrics
 from monitoring.policy import data_time, retrain_request
-from monitoring.references import reference_table
+from monitoring.references import reference_table, references_text
 from monitoring.replay import apply_scenario, rows_in, windows
 
 OUT = paths.REPORTS / "replay"
 MATRIX = "references_matrix.csv"
 TABLE = "references.csv"
+TEXT = "references.txt"
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     rcfg = load_params(params_file, overrides=overrides).replay_cfg(quick=args.quick)
     table = reference_table(long, rcfg.tune_until, policies, default_budget=args.budget)
     table.to_csv(out / TABLE, index=False)
+    said = references_text(table)
+    (out / TEXT).write_text("\n".join(said) + "\n")
     shown = ["reference", "source", "part", "mean_auc", "mean_brier", "retrains", "auc_gain", "auc_share_of_oracle"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[[*shown, "auc_gain_per_retrain", "best_cadence"]].round(4).to_string(index=False))
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_seconds": round(float(long.drop_duplicates(["seed", "model"])["train_seconds"].sum()), 1),
         "policies_from": str(replayed) if policies is not None else None,
     }
+    print("\n".join(said))
     print(json.dumps(summary))
     print(f"references: {out / TABLE}")
 

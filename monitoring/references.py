@@ -163,6 +163,7 @@ def reference_table(
     windows = sorted(long["window"].unique())
     masks = _masks(windows, tune_until)
     budgets = _budgets(policies, budget_policy, windows, tune_until, default_budget)
+    last = {part: int(np.flatnonzero(mask)[-1]) for part, mask in masks.items()}
     rows = []
     for seed, one in long.groupby("seed"):
         auc, brier = square(one, "roc_auc", windows), square(one, "brier", windows)
@@ -181,7 +182,8 @@ def reference_table(
                         "mean_brier": float(scores(brier, plan)[mask].mean()),
                         "retrains": sum(1 for i in plan.retrains if mask[i]),
                         "budget": budgets[part] if name == "oracle" else np.nan,
-                        "retrain_windows": " ".join(windows[i] for i in plan.retrains),
+                        # the retrains that can move the part: up to its last window
+                        "retrain_windows": " ".join(windows[i] for i in plan.retrains if i < last[part]),
                     }
                 )
     if policies is not None:
@@ -228,3 +230,28 @@ def reference_table(
         out["reference"] == tuning.loc[tuning["mean_auc"].idxmax(), "reference"] if len(tuning) else False
     )
     return out
+
+
+def references_text(table: pd.DataFrame) -> list[str]:
+    """One sentence per reference and part of `reference_table`: its mean AUC / Brier, its gain over its
+    `never`, its share of the oracle's AUC gain and its gain per retrain."""
+    lines = []
+    for r in table.itertuples(index=False):
+        if r.reference == "never":
+            continue
+        what = {"oracle": f"hindsight oracle (at most {r.budget:g} retrains, no gate)"}.get(r.reference, r.reference)
+        if r.reference.startswith("cadence-"):
+            what = f"every {r.reference.removeprefix('cadence-')} window(s) (no gate)" + (
+                ", the best cadence on the tuning half" if r.best_cadence else ""
+            )
+        share = (
+            f"{r.auc_share_of_oracle:.0%} of the oracle's AUC gain"
+            if np.isfinite(r.auc_share_of_oracle)
+            else "no oracle gain to share (the oracle does not beat never here)"
+        )
+        per = f", {r.auc_gain_per_retrain:+.4f} AUC per retrain" if r.retrains else ""
+        lines.append(
+            f"{r.part}: {what} [{r.source}]: AUC {r.mean_auc:.4f} ({r.auc_gain:+.4f} vs never), Brier "
+            f"{r.mean_brier:.4f} ({-r.brier_gain:+.4f}), {r.retrains:g} retrains; {share}{per}"
+        )
+    return lines

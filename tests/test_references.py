@@ -136,3 +136,23 @@ def test_reference_table_shares_gains_and_best_cadence():
     assert best == ["cadence-1"]
     assert table.loc[("cadence-1", "matrix", "all"), "retrains"] == 3
     assert table.loc[("never", "matrix", "all"), "auc_gain"] == 0
+
+
+@pytest.mark.integration
+def test_references_quick_trains_every_retrain_and_scores_it_on_later_windows(tmp_path):
+    """`python -m flows.references --quick`: three windows, three models (the initial one and a retrain at
+    the end of each window but the last), each scored on the windows it could serve (~1-3 min)."""
+    from flows.references import MATRIX, TABLE, main
+    from tests.conftest import REPO
+
+    main(["--quick", "--workers", "1", "--replay", str(tmp_path), "--project-dir", str(REPO)])
+    long = pd.read_csv(tmp_path / MATRIX, dtype={"window": str})
+    assert long.groupby("model")["window"].apply(list).to_dict() == {
+        0: ["2013-07-01", "2013-07-08", "2013-07-15"],
+        1: ["2013-07-08", "2013-07-15"],
+        2: ["2013-07-15"],
+    }
+    assert long["roc_auc"].between(0.5, 1).all() and long["train_rows"].nunique() == 3  # each its own window
+    table = pd.read_csv(tmp_path / TABLE).set_index(["reference", "part"])
+    best = table.loc[("oracle", "all"), "mean_auc"]
+    assert all(table.loc[(f"cadence-{c}", "all"), "mean_auc"] <= best + 1e-12 for c in (1, 2, 4, 8))
