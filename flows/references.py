@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, metavar="N", help="the first N of replay.seeds (default: all)")
     ap.add_argument("--workers", type=int, default=2, help="models trained at once (processes)")
     ap.add_argument("--budget", type=int, default=3, help="the oracle's retrains when the replay has no drift policy")
+    ap.add_argument("--budget-from", default="drift", help="the replayed policy whose retrains set the oracle's budget")
     ap.add_argument("--from-matrix", action="store_true", help=f"reuse {MATRIX} in --replay; train nothing")
     ap.add_argument("--quick", action="store_true", help="the replay's --quick windows and tiny model (tests)")
     ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="as for flows.replay")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if policies is not None:
         policies = policies[policies["seed"].isin(long["seed"].unique())]  # the seeds of the matrix only
     rcfg = load_params(params_file, overrides=overrides).replay_cfg(quick=args.quick)
-    table = reference_table(long, rcfg.tune_until, policies, default_budget=args.budget)
+    table = reference_table(long, rcfg.tune_until, policies, budget_policy=args.budget_from, default_budget=args.budget)
     table.to_csv(out / TABLE, index=False)
     said = references_text(table)
     (out / TEXT).write_text("\n".join(said) + "\n")
