@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 export GIT_PYTHON_REFRESH ?= quiet
 TORCH ?= torch==2.13.0
 
-.PHONY: help install demo pipeline replay tune test test-fast lint format ui live stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift bench-ablation bench-registry clean
+.PHONY: help install demo pipeline replay replay-refs tune test test-fast lint format ui live stack serve flow history rollback bench bench-train bench-dvc bench-flow bench-serving bench-drift bench-ablation bench-registry clean
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
@@ -32,6 +32,9 @@ demo: install ## the main job: the pipeline on the default data, then the replay
 
 replay: install ## only the replay, every seed of replay.seeds (python -m flows.replay; QUICK=1 for a tiny one)
 	$(PY) -m flows.replay $(if $(QUICK),--quick,)
+
+replay-refs: install ## replay references after `make replay`: a retrain at every window -> cadences, hindsight oracle
+	$(PY) -m flows.references $(if $(SEEDS),--seeds $(SEEDS),)
 
 pipeline: install ## dvc repro
 	dvc repro

@@ -152,6 +152,9 @@ class TrainCfg(_Frozen):
     strategy: str = "auto"  # auto: one device alone, ddp_spawn for devices > 1; or ddp_spawn
     precision: str = "auto"
     sample_frac: float = Field(1.0, gt=0, le=1)
+    # warm start: a packaged model's artifacts folder (preprocessor.json, model.pt); prepare keeps its
+    # preprocessing and training starts from its weights (policy.warm_start sets it for a retrain)
+    init_from: str | None = None
 
     @field_validator("devices")
     @classmethod
@@ -287,10 +290,12 @@ class PolicyCfg(_Frozen):
     cooldown_days: float = Field(63, ge=0)  # data time from a *completed* retrain to the next
     retry_after_days: float = Field(1, ge=0)  # data time from a failed (or lost) retrain to its retry
     label_delay_days: float = Field(1, ge=0)
-    training_window: Literal["sliding", "expanding"] = "sliding"
+    training_window: Literal["sliding", "expanding"] = "expanding"  # chosen on the replay's tuning half
     training_months: int = Field(4, ge=1)  # sliding: months of training data; expanding: from data.start
     valid_days: int = Field(7, ge=1)  # a retrain validates on these days before ...
     gate_days: int = Field(14, ge=1)  # ... the last labelled days, on which the gate compares the models
+    warm_start: bool = False  # a retrain fine-tunes the champion (its weights and preprocessing) ...
+    warm_epochs: int = Field(2, ge=1)  # ... for at most this many epochs
     quality: QualityCfg = QualityCfg()
 
     @model_validator(mode="after")

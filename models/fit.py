@@ -73,8 +73,10 @@ def fit(
     train_cfg: TrainCfg,
     out_dir: Path,
     loggers: list[Any] | bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TabularClassifier, list[dict[str, float]]]:
-    """Train with early stopping on validation loss; returns the best module and per-epoch history."""
+    """Train with early stopping on validation loss; returns the best module and per-epoch history.
+    `init_state`: the network's starting weights (a warm start; same shapes), instead of a fresh init."""
     L.seed_everything(train_cfg.seed, workers=True)
     accelerator, precision = resolve_accelerator(train_cfg)
     devices, strategy = resolve_devices(train_cfg)
@@ -99,6 +101,8 @@ def fit(
         lr_schedule=train_cfg.lr_schedule,
         lr_patience=max(1, train_cfg.patience // 2),  # the rate halves before early stopping gives up
     )
+    if init_state is not None:
+        module.net.load_state_dict(init_state)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
     with tempfile.TemporaryDirectory(prefix="history-") as folder:
         history = History(Path(folder) / "history.json")

@@ -113,13 +113,15 @@ def label_rate_by_month(frame: pd.DataFrame, time_column: str, label: str) -> pd
     return out
 
 
-def prepare(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], params: Params):
-    """Pure stage: feature frames per split, the fitted preprocessor, the label rate per month."""
+def prepare(raw: pd.DataFrame, reference: dict[str, pd.DataFrame], params: Params, pre: Preprocessor | None = None):
+    """Pure stage: feature frames per split, the fitted preprocessor (or `pre` as given: a warm start keeps
+    the model's own), the label rate per month."""
     frame = build_features(raw, reference, params)
     parts = split_by_window(frame, params.split, params.data.time_column)
-    pre = Preprocessor.fit(
-        parts["train"], params.data.categorical, params.data.numeric, params.prepare.min_category_count
-    )
+    if pre is None:
+        pre = Preprocessor.fit(
+            parts["train"], params.data.categorical, params.data.numeric, params.prepare.min_category_count
+        )
     rates = label_rate_by_month(frame, params.data.time_column, params.data.label)
     return parts, pre, rates
 
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
 
     raw, reference = read_validated(args.validated)
-    parts, pre, rates = prepare(raw, reference, params)
+    kept = Preprocessor.load(Path(params.train.init_from) / "preprocessor.json") if params.train.init_from else None
+    parts, pre, rates = prepare(raw, reference, params, kept)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
         part.to_parquet(args.out / f"{name}.parquet", index=False)

@@ -30,6 +30,32 @@ def encode(frame: pd.DataFrame, pre: Preprocessor, label: str) -> tuple[np.ndarr
     return codes, nums, frame[label].to_numpy(dtype=np.float32)
 
 
+def training_frames(frames: dict[str, pd.DataFrame], params: Params) -> dict[str, pd.DataFrame]:
+    """The prepared splits the stage trains on: a seeded `train.sample_frac` of train (all of it at 1)."""
+    if params.train.sample_frac >= 1:
+        return frames
+    return {**frames, "train": frames["train"].sample(frac=params.train.sample_frac, random_state=params.train.seed)}
+
+
+def fit_prepared(
+    frames: dict[str, pd.DataFrame], pre: Preprocessor, params: Params, out_dir: Path, loggers: list[Any] | bool = False
+):  # noqa: ANN201 - (TabularClassifier, history), kept lazy: importing this module must not import torch
+    """The stage's training on prepared splits (after `training_frames`): encode train and valid, `fit()`.
+    The train stage and the replay's references (flows/references.py) train through this one function."""
+    from models.fit import fit
+
+    splits = {name: encode(frames[name], pre, params.data.label) for name in ("train", "valid")}
+    start = warm_state(Path(params.train.init_from)) if params.train.init_from else None
+    return fit(splits, pre.cardinalities, params.model, params.train, out_dir, loggers=loggers, init_state=start)
+
+
+def warm_state(folder: Path) -> dict[str, Any]:
+    """The network weights of a packaged model's artifacts folder (model.pt: tensors only), to start from."""
+    from models.packaged import load_module
+
+    return load_module(folder / "model.pt", source=str(folder)).state_dict()
+
+
 def read_prepared(folder: Path) -> tuple[dict[str, pd.DataFrame], Preprocessor]:
     frames = {name: pd.read_parquet(folder / f"{name}.parquet") for name in SPLITS}
     return frames, Preprocessor.load(folder / "preprocessor.json")
@@ -93,13 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from models.fit import fit
     from models.packaged import save_module
 
     frames, pre = read_prepared(args.prepared)
-    if params.train.sample_frac < 1:
-        frames["train"] = frames["train"].sample(frac=params.train.sample_frac, random_state=params.train.seed)
-    splits = {name: encode(frames[name], pre, params.data.label) for name in ("train", "valid")}
+    frames = training_frames(frames, params)
 
     experiment_id = tracking.setup(params.register_.experiment)
     os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", SYSTEM_METRICS_INTERVAL_S)
@@ -122,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                 tags={"rows": str(len(frames[split])), "sample_frac": str(params.train.sample_frac)},
             )
         args.out.mkdir(parents=True, exist_ok=True)
-        module, history = fit(splits, pre.cardinalities, params.model, params.train, args.out, loggers=[logger])
+        module, history = fit_prepared(frames, pre, params, args.out, loggers=[logger])
         save_module(module.hparams, module.state_dict(), args.out / "model.pt")
         pd.DataFrame(history).to_csv(args.out / "history.csv", index=False)
         # the model this run made, in MLflow 3's model-centric record: evaluate links its test metrics to it

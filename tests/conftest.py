@@ -39,6 +39,7 @@ LOOP = {
     "train.sample_frac": 0.05,
     "gate.margin": 0.0,
     "gate.slice_tolerance": 1.0,
+    "policy.training_window": "sliding",  # one month: small retrains
     "policy.training_months": 1,
     "policy.cooldown_days": 5,
     "policy.min_new_labels": 100,

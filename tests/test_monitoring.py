@@ -40,6 +40,7 @@ POLICY = PolicyCfg(
     cooldown_days=14,
     retry_after_days=3,
     label_delay_days=1,
+    training_window="sliding",  # the 4-month split the tests below spell out
 )
 END = datetime(2013, 6, 30, 23)
 FIRST = "2013-01-01"  # data.start: expanding training windows begin there
