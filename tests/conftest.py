@@ -15,6 +15,17 @@ from flows.workspace import make_workspace, set_params  # noqa: F401 - re-export
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
+# The longest files first (minutes each on 2 cores): `make test` runs two files at a time (pytest-xdist,
+# --dist loadfile), and workers take files in collection order, so a long file collected last would run
+# alone at the end.
+LONGEST_FIRST = ("test_stack.py", "test_loop_live.py", "test_live.py", "test_replay.py", "test_flows.py", "test_ddp.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 # A shrunk config: three months (train Jan, valid Feb, test Mar), a fraction of the rows, few epochs.
 SMALL = {
     "data.end": "2013-03",
