@@ -2,10 +2,14 @@
 and MLflow server on PostgreSQL, a process work pool with two workers, two replicas) vs the embedded
 default (`make ui`: flows/ui.py's server, MLflow UI and deployment runner, and one `python -m serving`).
 
-Each setup gets a fresh project (the loop tests' small config, tests/conftest.py LOOP) with a first
-champion, then `--rounds` drift events, one at a time: each posted to the Prefect server's events API
-with a decision (a window 8 weeks after the last, so labels, the cooldown and the dedup never merge
-them). Every hop is read from the servers' own records:
+Each setup gets a fresh project with a weak first champion (the loop tests' small config,
+tests/conftest.py LOOP: 1 epoch on 5 % of a month), then the project's training config is raised (BENCH:
+2 epochs on 30 %; on the stack committed and pushed to the stack's repository, as a user would) so that
+each retrain's challenger beats that champion, and `--rounds` drift events, one at a time: before each,
+the weak v1 is put back as champion the way a user rolls back (`python -m tasks.gate promote --version 1
+--force`, which moves @champion and reloads every replica), then the event is posted to the Prefect
+server's events API with a decision (a window 8 weeks after the last, so labels, the cooldown and the
+dedup never merge them). Every hop is read from the servers' own records:
 
   event posted (the event's `occurred`)
   -> the automation's retraining flow run created (its `created`)
@@ -15,8 +19,8 @@ them). Every hop is read from the servers' own records:
   -> every replica reports the new version at GET /model (polled every 0.1 s; the last replica counts):
      the gate stage moves @champion and tells every replica to reload.
 
-A round whose challenger the gate refuses has no "live" time: it is listed (promoted: false) and left out
-of the medians. Writes reports/bench_loop.json.
+A round whose challenger the gate still refuses has no "live" time: it is listed (promoted: false) and
+left out of the medians. Writes reports/bench_loop.json.
 
 python -m bench.loop_latency [--rounds 3] [--setups stack,embedded] [--db-prefix flbench]
 (the stack needs PostgreSQL, STACK_PG_URL; its databases `<prefix>_<hex>_*` are created and dropped.)
@@ -40,6 +44,7 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from flows.workspace import set_params  # noqa: E402
 from tests.conftest import LOOP, make_project, project_env, run  # noqa: E402
 from tests.conftest_flows import Server, free_port  # noqa: E402
 from tests.test_loop_live import post_event, task_runs_deep, wait_for  # noqa: E402
@@ -49,6 +54,7 @@ MODEL = "flight-delay"
 HOPS = ("automation", "pick-up", "training", "evaluate+register", "gate+reload")
 FIRST_WINDOW = datetime(2013, 5, 6)
 EVERY = timedelta(weeks=8)
+BENCH = {"train.max_epochs": 2, "train.sample_frac": 0.3}  # the retrains' config: beats LOOP's first champion
 
 
 class Replicas:
@@ -83,11 +89,24 @@ def champion(mlflow: str) -> int:
     return int(MlflowClient(tracking_uri=mlflow).get_model_version_by_alias(MODEL, "champion").version)
 
 
+def weak_champion_back(project: Path, replicas: list[str], mlflow: str) -> None:
+    """v1 (trained on LOOP) back as @champion, every replica reloaded: as a user's rollback does it."""
+    if champion(mlflow) == 1:
+        return
+    env = project_env(project) | {"MLFLOW_TRACKING_URI": mlflow, "SERVING_URL": ",".join(replicas)}
+    cmd = [sys.executable, "-m", "tasks.gate", "promote", "--version", "1", "--force", "--reason", "bench: v1 back"]
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise SystemExit(f"putting v1 back failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    wait_for(lambda: all(served_version(u) == 1 for u in replicas), 120, "every replica on v1")
+
+
 def one_round(server: SimpleNamespace, replicas: list[str], mlflow: str, window: datetime) -> dict:
     from flightloop.config import load_params
     from monitoring.alerts import model_resource
     from monitoring.policy import DRIFT_EVENT, retrain_request
 
+    weak_champion_back(server.project, replicas, mlflow)
     live = champion(mlflow)
     request = retrain_request(
         load_params(server.project / "params.yaml").policy,
@@ -156,6 +175,11 @@ def on_stack(root: Path, prefix: str, n: int) -> list[dict]:
             first = finished(run_deployment("training/training", timeout=0).id, timeout=1200)
             assert first.state.is_completed(), first.state
         wait_for(lambda: all(served_version(u) for u in stack.replicas), 120, "both replicas")
+        user = root / "user"  # the stronger config, committed and pushed to the stack's repo
+        run(["git", "clone", "-q", str(stack.project / ".stack" / "git"), str(user)], root)
+        set_params(user, BENCH)
+        run(["git", "-c", "user.name=b", "-c", "user.email=b@localhost", "commit", "-qam", "bench config"], user)
+        run(["git", "push", "-q", "origin", "HEAD:main"], user)
         return rounds(stack, stack.replicas, stack.mlflow, n)
     finally:
         stack.stop()
@@ -169,6 +193,7 @@ def embedded(root: Path, n: int) -> list[dict]:
 
     project = make_project(root, LOOP)
     run(["dvc", "repro"], project, timeout=1800)  # the first champion
+    set_params(project, BENCH)  # the retrains' config
     service = Server(project)
     service.wait_ready()
     prefect_port, mlflow_port = free_port(), free_port()
