@@ -400,11 +400,11 @@ def stage_span(flow_run_id) -> tuple:
     return min(t.start_time for t in stages), max(t.end_time for t in stages)
 
 
-def test_two_retrains_and_a_training_run_at_once_take_the_writer_slot_one_after_another(stack):
-    """Two decisions (two windows, so no dedup) and a training run, started at once on the pool: each
-    completes, and their stage spans never overlap, whichever worker each lands on (printed; the retrain
-    deployment queues its own runs, the training run waits for the writer slot on the Prefect server). The
-    stack's history stays linear and holds both retrains' data versions."""
+def test_two_retrains_at_once_on_two_workers_run_one_after_another(stack):
+    """Two decisions (two windows, so no dedup) started at once on the pool of two workers: both complete,
+    and their stage spans never overlap (the retraining deployment's concurrency limit, kept by the Prefect
+    server; the writer slot across hosts for other runs is the test above). The stack's history stays
+    linear and holds both retrains' data versions."""
     from mlflow import MlflowClient
     from prefect.deployments import run_deployment
 
@@ -432,15 +432,13 @@ def test_two_retrains_and_a_training_run_at_once_take_the_writer_slot_one_after_
     head_before = run(["git", "rev-parse", "main"], repo).stdout.strip()
     with api(stack):
         runs = [run_deployment("retraining/retraining", parameters={"request": r}, timeout=0) for r in requests]
-        tiny = {"params": {"max_epochs": 1, "sample_frac": 0.06}}  # not a config trained before: it trains
-        runs.append(run_deployment("training/training", parameters=tiny, timeout=0))
         done = [finished(r.id, timeout=900) for r in runs]
         assert all(d.state.is_completed() for d in done), [(d.name, d.state) for d in done]
         spans = sorted((*stage_span(d.id), d.name, worker_of(d)) for d in done)
     print("runs (first stage start, last stage end, run, worker):", *spans, sep="\n  ")
     assert {s[3] for s in spans} <= {"worker-1", "worker-2"}, spans
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # never two in the slot at once
-    assert len(client.search_model_versions(f"name='{MODEL}'")) == before + 3
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == before + 2
 
     # linear history: no merge, every new commit on top of the one before; both retrains published
     new = run(["git", "log", "--format=%H %P|%s", f"{head_before}..main"], repo).stdout.splitlines()
