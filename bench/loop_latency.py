@@ -3,12 +3,13 @@ and MLflow server on PostgreSQL, a process work pool with two workers, two repli
 default (`make ui`: flows/ui.py's server, MLflow UI and deployment runner, and one `python -m serving`).
 
 Each setup gets a fresh project with a weak first champion (the loop tests' small config,
-tests/conftest.py LOOP: 1 epoch on 5 % of a month), then the project's training config is raised (BENCH:
-2 epochs on 30 %; on the stack committed and pushed to the stack's repository, as a user would) so that
-each retrain's challenger beats that champion, and `--rounds` drift events, one at a time: before each,
-the weak v1 is put back as champion the way a user rolls back (`python -m tasks.gate promote --version 1
---force`, which moves @champion and reloads every replica), then the event is posted to the Prefect
-server's events API with a decision (a window 8 weeks after the last, so labels, the cooldown and the
+tests/conftest.py LOOP, on 1 % of the rows and without the small-table floors: a few updates). Then the
+project's training config is raised (BENCH: 2 epochs on 30 % of a month, floors on; on the stack it is
+committed and pushed to the stack's repository, as a user would) so that each retrain's challenger beats
+that champion, and `--rounds` drift events follow, one at a time. Before each, the weak v1 is put back as
+champion the way a user rolls back (`python -m tasks.gate promote --version 1 --force`, which moves
+@champion and reloads every replica); then the event is posted to the Prefect server's events API with a
+decision (a window 8 weeks after the last, so labels, the cooldown and the
 dedup never merge them). Every hop is read from the servers' own records:
 
   event posted (the event's `occurred`)
@@ -54,7 +55,9 @@ MODEL = "flight-delay"
 HOPS = ("automation", "pick-up", "training", "evaluate+register", "gate+reload")
 FIRST_WINDOW = datetime(2013, 5, 6)
 EVERY = timedelta(weeks=8)
-BENCH = {"train.max_epochs": 2, "train.sample_frac": 0.3}  # the retrains' config: beats LOOP's first champion
+# the first champion: LOOP's 1 epoch on 1 % of the rows, without the small-table floors (a few updates)
+WEAK = LOOP | {"train.sample_frac": 0.01, "train.min_steps": 0, "train.min_batches": 1}
+BENCH = {"train.max_epochs": 2, "train.sample_frac": 0.3, "train.min_steps": 500, "train.min_batches": 20}
 
 
 class Replicas:
@@ -168,7 +171,7 @@ def rounds(server: SimpleNamespace, replicas: list[str], mlflow: str, n: int) ->
 def on_stack(root: Path, prefix: str, n: int) -> list[dict]:
     from prefect.deployments import run_deployment
 
-    stack = new_stack(root, prefix)
+    stack = new_stack(root, prefix, WEAK)
     try:
         stack.start()
         with api(stack):  # the first champion, trained on a worker
@@ -191,7 +194,7 @@ def embedded(root: Path, n: int) -> list[dict]:
     import os
     import signal
 
-    project = make_project(root, LOOP)
+    project = make_project(root, WEAK)
     run(["dvc", "repro"], project, timeout=1800)  # the first champion
     set_params(project, BENCH)  # the retrains' config
     service = Server(project)
