@@ -44,7 +44,7 @@ tune: install ## hyperparameter study (rolling monthly CV, MLflow runs) -> repor
 	$(PY) -m tasks.tune $(if $(TRIALS),--trials $(TRIALS),) $(if $(MINUTES),--minutes $(MINUTES),) $(ARGS)
 
 test: install ## run the tests, two files at a time (pytest-xdist), one thread each
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: install ## unit tests only (no pipeline runs, no servers)
 	$(PY) -m pytest -q -m "not smoke and not integration"
