@@ -99,7 +99,7 @@ bench-ddp: install ## training on 2 processes (DDP, CPU) vs 1: test AUC and time
 	$(PY) -m bench.ddp
 
 .PHONY: bench-loop
-bench-loop: install ## drift event -> new champion in every replica, make stack vs make ui, 3 rounds each (needs PostgreSQL; 27 min on 2 busy cores)
+bench-loop: install ## drift event -> new champion in every replica, make stack vs make ui, 3 rounds each (needs PostgreSQL; 12 min on 2 busy cores)
 	$(PY) -m bench.loop_latency
 
 lint: install ## ruff
