@@ -24,13 +24,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install (CPU torch unless one is installed already)
 
-demo: install ## the main job: the pipeline on the default data, then the replay of 2013 under each policy (1 seed)
+demo: install ## the main job: the pipeline on the default data, then 2013 replayed: the default policy vs never (1 seed)
 	dvc repro
 	@echo; dvc metrics show; echo
-	$(PY) -m flows.replay --seeds 1
+	$(PY) -m flows.replay --seeds 1 --policy never --policy drift
 	@echo; echo "Replay: reports/replay/ (summary.csv, evidence.csv, windows.csv, replay.png, replay.html); runs: make ui"
 
-replay: install ## only the replay, every seed of replay.seeds (python -m flows.replay; QUICK=1 for a tiny one)
+replay: install ## only the replay, every policy and seed of replay.policies, replay.seeds (python -m flows.replay; QUICK=1 for a tiny one)
 	$(PY) -m flows.replay $(if $(QUICK),--quick,)
 
 replay-refs: install ## replay references after `make replay`: a retrain at every window -> cadences, hindsight oracle

@@ -290,7 +290,7 @@ class PolicyCfg(_Frozen):
     cooldown_days: float = Field(63, ge=0)  # data time from a *completed* retrain to the next
     retry_after_days: float = Field(1, ge=0)  # data time from a failed (or lost) retrain to its retry
     label_delay_days: float = Field(1, ge=0)
-    training_window: Literal["sliding", "expanding"] = "sliding"  # expanding: better, slower (params.yaml)
+    training_window: Literal["sliding", "expanding"] = "expanding"  # chosen on the replay's tuning half
     training_months: int = Field(4, ge=1)  # sliding: months of training data; expanding: from data.start
     valid_days: int = Field(7, ge=1)  # a retrain validates on these days before ...
     gate_days: int = Field(14, ge=1)  # ... the last labelled days, on which the gate compares the models

@@ -47,6 +47,7 @@ from monitoring.replay import (
     apply_scenario,
     estimate_accuracy,
     evidence_text,
+    label_counterparts,
     policy_summary,
     retained_improvement,
     rows_in,
@@ -460,6 +461,12 @@ def replay(
         part: {p: retained_improvement(s, p) for p in chosen if p not in ("never", "monthly")}
         for part, s in (("all", summary), ("tuning_half", tuned), ("held_out_half", held_out))
     }
+    # the label-free trigger against the label-driven one it stands in for (goal: >= 80 % of its gain kept)
+    triggers = {p: list(rcfg.policies[p].get("triggers", params.policy.triggers)) for p in chosen}
+    estimate_goal = {
+        part: {p: {"vs": q, **retained_improvement(s, p, reference=q)} for p, q in label_counterparts(triggers).items()}
+        for part, s in (("all", summary), ("tuning_half", tuned), ("held_out_half", held_out))
+    }
     boot = rcfg.bootstrap
     evidence = vs_base(table, rcfg.tune_until, boot.resamples, boot.block_windows, boot.seed, base="never")
     said = evidence_text(evidence) or ["`never` was not replayed: no paired evidence"]
@@ -487,6 +494,7 @@ def replay(
         "tuning_half": tuned.to_dict("records"),
         "held_out_half": held_out.to_dict("records"),
         "goal": goal,
+        "estimate_vs_label_trigger": estimate_goal,
         "bootstrap": {**boot.model_dump(), "level": LEVEL, "method": "circular block bootstrap over windows"},
         "vs_never": evidence.to_dict("records"),
         "vs_never_text": said,
@@ -520,6 +528,9 @@ def replay(
         for rec in evidence.to_dict("records"):
             stem = f"{rec['policy']}.vs_never.{rec['part']}.{rec['metric']}"
             metrics |= {f"{stem}.{k}": float(rec[k]) for k in ("diff", "ci_low", "ci_high", "diff_per_retrain")}
+        for part, kept in estimate_goal.items():
+            for p, rec in kept.items():
+                metrics |= {f"{p}.kept_of_{rec['vs']}.{part}.{k}": float(v) for k, v in rec.items() if k != "vs"}
         for p, acc in accuracy.items():
             metrics |= {f"{p}.estimate.{k}": float(v) for k, v in acc.items() if k != "windows"}
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
@@ -542,6 +553,8 @@ def replay(
     )
     print(summary.to_string(index=False))
     print(json.dumps(goal, indent=1, default=float))
+    if label_counterparts(triggers):
+        print("estimate-driven vs label-driven trigger:", json.dumps(estimate_goal, indent=1, default=float))
     print("\n".join(said))
     print(f"replay: {total_seconds:.0f}s; reports in {out}")
     return result

@@ -5,6 +5,7 @@ them, with the real service, DVC, MLflow and the gate."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,21 @@ def retained_improvement(summary: pd.DataFrame, policy: str, reference: str = "m
         "brier_kept": share(gain("mean_brier", -1), ref_gain("mean_brier", -1)),
         "retrain_share": float(row.loc[policy, "retrains"] / retrains) if retrains else float("nan"),
     }
+
+
+def label_counterparts(triggers: dict[str, Sequence[str]]) -> dict[str, str]:
+    """Per policy that triggers on the label-free estimates (`estimated_performance`), the replayed policy
+    whose triggers are the same with the realised, label-driven `performance` in its place: the trigger
+    the estimates stand in for, whose gain over `never` they should keep."""
+    out = {}
+    for policy, own in triggers.items():
+        if "estimated_performance" not in own:
+            continue
+        wanted = sorted("performance" if t == "estimated_performance" else t for t in own)
+        match = [q for q, other in triggers.items() if q != policy and sorted(other) == wanted]
+        if match:
+            out[policy] = match[0]
+    return out
 
 
 def estimate_accuracy(table: pd.DataFrame) -> dict[str, dict[str, float]]:

@@ -6,7 +6,7 @@ import pytest
 
 from monitoring.loop import new_labelled_rows
 from monitoring.policy import retrain_split
-from monitoring.replay import estimate_accuracy, rows_in, windows
+from monitoring.replay import estimate_accuracy, label_counterparts, retained_improvement, rows_in, windows
 
 
 def test_weekly_windows_tile_the_range():
@@ -446,3 +446,30 @@ def test_estimate_accuracy_per_policy():
     assert acc["never"]["auc_mae"] == pytest.approx(0.02) and acc["never"]["auc_bias"] == pytest.approx(0.0)
     assert acc["never"]["auc_spearman"] == pytest.approx(1.0) and acc["never"]["brier_spearman"] == pytest.approx(0.5)
     assert acc["never"]["brier_mae"] == pytest.approx(0.03)
+
+
+def test_the_estimate_trigger_is_compared_with_the_label_trigger_it_stands_in_for():
+    triggers = {
+        "never": ["never"],
+        "drift": ["data_drift", "performance"],
+        "performance": ["performance"],
+        "estimated": ["estimated_performance"],
+        "drift-estimated": ["estimated_performance", "data_drift"],
+        "lonely": ["estimated_performance", "schedule"],  # no replayed counterpart: not compared
+    }
+    assert label_counterparts(triggers) == {"estimated": "performance", "drift-estimated": "drift"}
+
+
+def test_share_of_the_label_triggers_gain_the_estimate_trigger_keeps():
+    summary = pd.DataFrame(
+        {
+            "policy": ["never", "performance", "estimated"],
+            "mean_auc": [0.70, 0.72, 0.717],
+            "mean_brier": [0.170, 0.160, 0.165],
+            "retrains": [0, 4, 2],
+        }
+    )
+    kept = retained_improvement(summary, "estimated", reference="performance")
+    assert kept["auc_kept"] == pytest.approx(0.85)
+    assert kept["brier_kept"] == pytest.approx(0.5)
+    assert kept["retrain_share"] == pytest.approx(0.5)
