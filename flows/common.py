@@ -77,16 +77,28 @@ def add_flow_run_tags(*tags: str) -> None:
         get_run_logger().warning("could not tag the flow run: %s", exc)
 
 
+EPHEMERAL_STARTUP_SECONDS = 180
+
+
 @contextlib.contextmanager
 def local_prefect(project: Path) -> Iterator[None]:
     """For CLI entry points: telemetry off and, without PREFECT_HOME, the project's .prefect database
-    (the one `make ui` shows). With PREFECT_API_URL set, runs go to that server instead."""
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    (the one `make ui` shows). With PREFECT_API_URL set, runs go to that server instead. The temporary
+    server gets EPHEMERAL_STARTUP_SECONDS to come up (Prefect's 20 s: a fresh clone's first start migrates
+    its database, which on 2 cores once took longer and failed `make demo` on a fresh clone)."""
+    from prefect.settings import (
+        PREFECT_HOME,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     os.environ.setdefault("DO_NOT_TRACK", "1")
     updates: dict = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     if "PREFECT_HOME" not in os.environ:
         updates[PREFECT_HOME] = project / ".prefect"
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_STARTUP_SECONDS
     with temporary_settings(updates=updates):
         yield
 

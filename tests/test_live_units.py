@@ -49,3 +49,18 @@ def test_the_view_has_a_row_per_week_newest_first_with_the_markers():
     )
     assert "| 0.712 |" in rows[1] and rows[1].endswith("| 6192 | 5300 |")
     assert rows[0].startswith("| 2013-07-08 | v2 | none | promoted v2 |  |")  # no figures yet: empty cells
+
+
+def test_cli_entry_points_give_a_fresh_clones_temporary_prefect_server_time_to_migrate(monkeypatch, tmp_path):
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    from flows.common import EPHEMERAL_STARTUP_SECONDS, local_prefect
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    with local_prefect(tmp_path):
+        assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == EPHEMERAL_STARTUP_SECONDS > 20
+        assert PREFECT_HOME.value() == tmp_path / ".prefect"
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")  # the user's own value stands
+    with local_prefect(tmp_path):
+        assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == 7
