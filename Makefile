@@ -24,10 +24,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install (CPU torch unless one is installed already)
 
-demo: install ## the main job: the pipeline, then 2013 replayed under each policy (1 seed, sliding windows: 10 min)
+demo: install ## the main job: the pipeline, then 2013 replayed: the default policy (drift) vs never, 1 seed
 	dvc repro
 	@echo; dvc metrics show; echo
-	$(PY) -m flows.replay --seeds 1 -S policy.training_window=sliding
+	$(PY) -m flows.replay --seeds 1 --policy never --policy drift
 	@echo; echo "Replay: reports/replay/ (summary.csv, evidence.csv, windows.csv, replay.png, replay.html); runs: make ui"
 
 replay: install ## only the replay, every policy and seed of replay.policies, replay.seeds (python -m flows.replay; QUICK=1 for a tiny one)
