@@ -20,6 +20,7 @@ import contextvars
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,28 +67,71 @@ def _tracking_env(root: Path) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / tracking.DEFAULT_DB}")
 
 
-@contextlib.contextmanager
-def stage_threads(workers: int) -> Iterator[int]:
-    """Share the cores between policies replayed at once: each stage process (torch, OpenMP in
-    scikit-learn) gets cores // workers threads, unless OMP_NUM_THREADS is set already. Two stages with
-    two threads each on two cores oversubscribe them and run ~2x slower than with one thread each."""
-    cores = os.cpu_count() or 1
-    if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
+class CoreShare:
+    """The cores shared between the jobs (policies, seeds) replayed at once: each stage process of a job
+    (torch, OpenMP in scikit-learn) gets cores // (jobs running) threads. Two stages with two threads each
+    on two cores oversubscribe them and run ~2x slower than with one thread each; and once a job ends and
+    fewer are left than `workers` (the `never` policy is done long before a retraining one), the stages
+    started after that take the freed cores. A user's OMP_NUM_THREADS is left as it is."""
+
+    def __init__(self, workers: int, jobs: int):
+        self.workers, self.left = max(1, workers), max(1, jobs)
+        self.cores = os.cpu_count() or 1
+        self.user = os.environ.get("OMP_NUM_THREADS")
+        self.lock = threading.Lock()
+        self._set()
+
+    @property
+    def threads(self) -> int:
+        """Threads a stage started now gets."""
         setting = os.environ.get("OMP_NUM_THREADS", "")
-        yield int(setting) if setting.isdigit() else cores
-        return
-    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+        return int(setting) if setting.isdigit() else self.cores
+
+    def _set(self) -> None:
+        if self.user is not None:
+            return
+        running = min(self.workers, self.left)
+        if running > 1:
+            os.environ["OMP_NUM_THREADS"] = str(max(1, self.cores // running))
+        else:
+            os.environ.pop("OMP_NUM_THREADS", None)  # one job: stages use every core, as outside the replay
+
+    def finished(self) -> None:
+        """A job ended: the ones still running share its cores from their next stage on."""
+        with self.lock:
+            self.left = max(1, self.left - 1)
+            self._set()
+
+    def close(self) -> None:
+        if self.user is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
+@contextlib.contextmanager
+def stage_threads(workers: int, jobs: int | None = None) -> Iterator[CoreShare]:
+    """A `CoreShare` of the cores for `jobs` (default: `workers`) run `workers` at a time; the
+    environment is restored when it closes."""
+    share = CoreShare(workers, workers if jobs is None else jobs)
     try:
-        yield int(os.environ["OMP_NUM_THREADS"])
+        yield share
     finally:
-        os.environ.pop("OMP_NUM_THREADS", None)
+        share.close()
 
 
-def at_once(calls: Sequence[Callable[[], T]], workers: int) -> list[T]:
+def at_once(calls: Sequence[Callable[[], T]], workers: int, share: CoreShare | None = None) -> list[T]:
     """Run `calls`, `workers` at a time, each thread in a copy of the caller's context (the flow run's, so
-    subflows and logs in them belong to it); their results in the order of `calls`."""
+    subflows and logs in them belong to it); their results in the order of `calls`. `share` is told when
+    each call ends, so the calls still running get its cores."""
+
+    def run(call: Callable[[], T]) -> T:
+        try:
+            return call()
+        finally:
+            if share is not None:
+                share.finished()
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]  # copies taken here
+        futures = [pool.submit(contextvars.copy_context().run, run, call) for call in calls]  # copies taken here
         return [f.result() for f in futures]
 
 
@@ -426,8 +470,9 @@ def replay(
         seeded = {**overrides, **own, **rcfg.train, "train.seed": train_seed + s}
         bases[s] = make_workspace(root, work / f"base{sfx}", seeded)
     base_workers = min(rcfg.workers, len(replay_seeds))
-    with stage_threads(base_workers):
-        trained = at_once([partial(training, TrainingParams(), str(bases[s])) for s in replay_seeds], base_workers)
+    with stage_threads(base_workers, len(replay_seeds)) as share:
+        calls = [partial(training, TrainingParams(), str(bases[s])) for s in replay_seeds]
+        trained = at_once(calls, base_workers, share)
     base_versions = {s: int(r["registered"]["version"]) for s, r in zip(replay_seeds, trained, strict=True)}
     setup_seconds = time.perf_counter() - t0
     logger.info("initial champions (seed: version) %s trained in %.0fs", base_versions, setup_seconds)
@@ -443,15 +488,16 @@ def replay(
         register_copy(f"{model}-replay-base{sfx}", base_versions[s], name)
     workers = min(rcfg.workers, len(jobs))
     with (
-        stage_threads(workers) as threads,
+        stage_threads(workers, len(jobs)) as share,
         tqdm(total=n_windows * len(jobs), desc="replay", unit="window") as progress,
     ):
         what = f"{len(chosen)} policies x {len(replay_seeds)} seeds"
-        logger.info("replaying %s, %d at a time, %d thread(s) per stage", what, workers, threads)
+        threads = share.threads
+        logger.info("replaying %s, %d at a time, %d thread(s) per stage while as many run", what, workers, threads)
         # each policy and seed has its own workspace, service and model name; the stages run as
         # processes, so replays overlap well even on 2 cores
         calls = [partial(replay_policy, p, spaces[s, p], rcfg, labels, progress, s) for s, p in jobs]
-        rows = [row for per_job in at_once(calls, workers) for row in per_job]
+        rows = [row for per_job in at_once(calls, workers, share) for row in per_job]
 
     table = pd.DataFrame(rows)
     summary = policy_summary(table)

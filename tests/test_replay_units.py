@@ -63,16 +63,62 @@ def test_policies_replayed_at_once_share_the_cores(monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    with stage_threads(2) as threads:
-        assert threads == 4 and os.environ["OMP_NUM_THREADS"] == "4"  # what stage subprocesses inherit
+    with stage_threads(2) as share:
+        assert share.threads == 4 and os.environ["OMP_NUM_THREADS"] == "4"  # what stage subprocesses inherit
     assert "OMP_NUM_THREADS" not in os.environ  # restored after the replay
-    with stage_threads(16) as threads:
-        assert threads == 1 and os.environ["OMP_NUM_THREADS"] == "1"
-    with stage_threads(1) as threads:
-        assert threads == 8 and "OMP_NUM_THREADS" not in os.environ  # one policy at a time: all cores
+    with stage_threads(16) as share:
+        assert share.threads == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    with stage_threads(1) as share:
+        assert share.threads == 8 and "OMP_NUM_THREADS" not in os.environ  # one policy at a time: all cores
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    with stage_threads(2) as threads:
-        assert threads == 3 and os.environ["OMP_NUM_THREADS"] == "3"  # the user's setting wins
+    with stage_threads(2) as share:
+        assert share.threads == 3 and os.environ["OMP_NUM_THREADS"] == "3"  # the user's setting wins
+        share.finished()
+        assert share.threads == 3
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_finished_policy_leaves_its_cores_to_those_still_running(monkeypatch):
+    """`never` ends long before a retraining policy: the stages started after that get its cores."""
+    from flows.replay import at_once, stage_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    with stage_threads(2, jobs=3) as share:  # three jobs, two at a time
+        assert share.threads == 2
+        share.finished()
+        assert share.threads == 2  # two jobs are left: still two running
+        share.finished()
+        assert share.threads == 4 and "OMP_NUM_THREADS" not in os.environ  # the last one alone: every core
+    assert "OMP_NUM_THREADS" not in os.environ
+
+    import threading
+
+    long_started, first_done = threading.Event(), threading.Event()
+    seen: dict[str, str | None] = {}
+
+    def long() -> str:
+        seen["before"] = os.environ.get("OMP_NUM_THREADS")
+        long_started.set()
+        assert first_done.wait(10)
+        seen["after"] = os.environ.get("OMP_NUM_THREADS")  # what its next stage would inherit
+        return "long"
+
+    def short() -> str:
+        assert long_started.wait(10)
+        return "short"
+
+    with stage_threads(2, jobs=2) as share:
+        original = share.finished
+
+        def finished() -> None:
+            original()
+            first_done.set()
+
+        share.finished = finished
+        out = at_once([long, short], 2, share)
+    assert out == ["long", "short"]  # results in the order of the calls
+    assert seen == {"before": "2", "after": None}  # alone after the short one ended: every core
 
 
 def _request(day: str):
