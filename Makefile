@@ -14,11 +14,16 @@ TORCH ?= torch==2.13.0
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# torch through pip (its CPU build, or the one installed already); the rest through uv, ~3x faster than pip
+# here (40 s vs 122 s with bytecode compiled, bench/README.md), falling back to pip where uv fails.
+# INSTALLER=pip: pip only (e.g. an index configured for pip alone).
+INSTALLER ?= uv
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(if $(filter uv,$(INSTALLER)),$(PY) -m pip install -q -c constraints.txt uv || true,)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(if $(filter uv,$(INSTALLER)),$(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode -c constraints.txt -e ".[dev]" || ,)$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	test -d .dvc || (dvc init -q && dvc config core.analytics false)
 	touch $@
 
